@@ -1,0 +1,194 @@
+"""The base class of the sharpness-aware optimizer wrappers (`SAM`, `BiSAM`)."""
+
+import random
+
+import keras
+import tensorflow as tf
+
+from bisam_keras import perturbation as perturbation_lib
+
+
+def _check_number(name, value, low, high=None, low_open=False, high_open=False):
+    """Raise a ValueError naming `name` unless `value` lies in the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        upper = "inf" if high is None else high
+        raise ValueError(
+            f"`{name}` must be a number in {left}{low}, {upper}{right}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
+    """Wraps an optimizer with the configuration of a sharpness-aware step.
+
+    The wrapper applies the descent gradients with `inner_optimizer`, like
+    `keras.optimizers.LossScaleOptimizer`; the two-pass step itself is run by
+    `bisam_keras.SharpnessAwareModel` (or `SharpnessAwareMixin`), which asks
+    the wrapper for the ascent objective and the perturbation.
+
+    Subclasses (`SAM`, `BiSAM`) decide the ascent objective.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer,
+        rho=0.05,
+        adaptive=False,
+        eta=0.0,
+        swp_probability=1.0,
+        sds_fraction=1.0,
+        micro_batch_size=None,
+        seed=None,
+        name=None,
+        **kwargs,
+    ):
+        if isinstance(inner_optimizer, SharpnessAwareOptimizer) or not isinstance(
+            inner_optimizer, keras.optimizers.Optimizer
+        ):
+            raise ValueError(
+                "`inner_optimizer` must be a `keras.optimizers.Optimizer` that is "
+                f"not itself sharpness-aware. Received: inner_optimizer={inner_optimizer!r}"
+            )
+        if kwargs:
+            raise ValueError(
+                f"{type(self).__name__} does not support arguments "
+                f"{sorted(kwargs)}: set them on the `inner_optimizer`. "
+                f"Received: {kwargs}"
+            )
+        rho = _check_number("rho", rho, 0.0)
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"`adaptive` must be a bool. Received: adaptive={adaptive!r}")
+        eta = _check_number("eta", eta, 0.0)
+        swp_probability = _check_number(
+            "swp_probability", swp_probability, 0.0, 1.0, low_open=True
+        )
+        sds_fraction = _check_number("sds_fraction", sds_fraction, 0.0, 1.0, low_open=True)
+        if micro_batch_size is not None and (
+            not isinstance(micro_batch_size, int)
+            or isinstance(micro_batch_size, bool)
+            or micro_batch_size < 1
+        ):
+            raise ValueError(
+                "`micro_batch_size` must be None or an int >= 1. "
+                f"Received: micro_batch_size={micro_batch_size!r}"
+            )
+        if seed is None:
+            seed = random.randint(0, 2**31 - 1)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        self.rho = rho
+        self.adaptive = adaptive
+        self.eta = eta
+        self.swp_probability = swp_probability
+        self.sds_fraction = sds_fraction
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+
+    # ----------------------------------------------------------------- maths
+    def perturbation(self, gradients, variables, step_seed=None):
+        """The perturbation `e` for the ascent `gradients` of `variables`.
+
+        Args:
+            gradients: the (unscaled) ascent gradients, one per variable.
+            variables: the trainable variables (or their values).
+            step_seed: an int32 `(2,)` seed for the stochastic weight
+                perturbation; by default derived from `seed` and `iterations`.
+
+        Returns:
+            A list of float32 tensors, one per variable.
+        """
+        values = [tf.convert_to_tensor(v) for v in variables]
+        eps = perturbation_lib.perturbation(
+            gradients, values, self.rho, adaptive=self.adaptive, eta=self.eta
+        )
+        if self.swp_probability < 1.0:
+            if step_seed is None:
+                step_seed = self.step_seed()
+            eps = perturbation_lib.stochastic_weight_mask(eps, self.swp_probability, step_seed)
+        return eps
+
+    def step_seed(self):
+        """A stateless seed that changes every step and survives save/load."""
+        iterations = tf.cast(self.iterations, tf.int32)
+        return tf.stack([tf.constant(self.seed % (2**31), tf.int32), iterations])
+
+    def ascent_loss(self, y_true, y_pred, sample_weight=None):
+        """The ascent objective, or `None` to use the model's compiled loss."""
+        return None
+
+    def ascent_losses_per_example(self, y_true, y_pred):
+        """Per-example ascent objective (for data selection), or `None`."""
+        return None
+
+    # ------------------------------------------------- optimizer plumbing
+    def build(self, var_list):
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    def apply(self, grads, trainable_variables=None):
+        """Applies the descent gradients with the inner optimizer."""
+        if not self.built:
+            with tf.name_scope(self.name):
+                self.build(trainable_variables)
+            self.built = True
+        return self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        own = len(self._variables)
+        new_trainable, new_inner = self.inner_optimizer.stateless_apply(
+            optimizer_variables[own:], grads, trainable_variables
+        )
+        return new_trainable, list(optimizer_variables[:own]) + list(new_inner)
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "rho": self.rho,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
+            "swp_probability": self.swp_probability,
+            "sds_fraction": self.sds_fraction,
+            "micro_batch_size": self.micro_batch_size,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)
