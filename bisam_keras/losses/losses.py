@@ -24,9 +24,7 @@ class _LowerBoundLoss(keras.losses.Loss):
         lower_bounds._check_positive("mu", mu)
         lower_bounds._check_positive("alpha", alpha)
         if not isinstance(from_logits, bool):
-            raise ValueError(
-                f"`from_logits` must be a bool. Received: from_logits={from_logits!r}"
-            )
+            raise ValueError(f"`from_logits` must be a bool. Received: from_logits={from_logits!r}")
         self.mu = float(mu)
         self.alpha = float(alpha)
         self.from_logits = from_logits

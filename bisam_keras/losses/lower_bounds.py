@@ -24,6 +24,7 @@ Reference: "Improving SAM Requires Rethinking its Optimization Formulation"
 """
 
 import math
+import numbers
 
 import keras
 import tensorflow as tf
@@ -67,8 +68,12 @@ def _lower_bound_xla(y_pred, labels, mu, alpha, bound, from_logits):
     one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
     margins = scores - tf.reduce_sum(scores * one_hot, axis=-1, keepdims=True)
     phi = phi_neglog(margins) if bound == "neglog" else phi_tanh(margins, alpha)
-    log_k = tf.math.log(tf.cast(num_classes, tf.float32))
-    q = (tf.reduce_logsumexp(mu * phi, axis=-1) - log_k) / mu
+    # (1/mu) * (logsumexp(z) - log K) written as (m + log(mean(exp(z - m)))) / mu,
+    # with m = max(z) and log1p/expm1, so that it stays exact for small mu and
+    # is exactly 0 (not a rounding error above it) for a row with all z = 0.
+    z = mu * phi
+    m = tf.reduce_max(z, axis=-1)
+    q = (m + tf.math.log1p(tf.reduce_mean(tf.math.expm1(z - m[..., None]), axis=-1))) / mu
     return tf.where(valid, q, tf.constant(float("nan")))
 
 
@@ -112,8 +117,10 @@ def _labels(y_true, y_pred, from_logits):
 
 
 def _check_positive(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
+    """`value` as a float, or a ValueError naming `name` unless finite and > 0."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
     return float(value)
 
 
@@ -136,15 +143,11 @@ def lower_bound(y_true, y_pred, bound="neglog", mu=None, alpha=0.1, from_logits=
         A float32 tensor of shape `(batch,)` with `Q_i <= 1{misclassified_i}`.
     """
     if bound not in DEFAULT_MU:
-        raise ValueError(
-            f"`bound` must be one of {sorted(DEFAULT_MU)}. Received: bound={bound!r}"
-        )
+        raise ValueError(f"`bound` must be one of {sorted(DEFAULT_MU)}. Received: bound={bound!r}")
     mu = DEFAULT_MU[bound] if mu is None else _check_positive("mu", mu)
     alpha = _check_positive("alpha", alpha)
     if not isinstance(from_logits, bool):
-        raise ValueError(
-            f"`from_logits` must be a bool. Received: from_logits={from_logits!r}"
-        )
+        raise ValueError(f"`from_logits` must be a bool. Received: from_logits={from_logits!r}")
     labels = _labels(y_true, y_pred, from_logits)
     return _lower_bound_xla(
         y_pred,

@@ -1,5 +1,7 @@
 """The base class of the sharpness-aware optimizer wrappers (`SAM`, `BiSAM`)."""
 
+import math
+import numbers
 import random
 
 import keras
@@ -10,7 +12,8 @@ from bisam_keras import perturbation as perturbation_lib
 
 def _check_number(name, value, low, high=None, low_open=False, high_open=False):
     """Raise a ValueError naming `name` unless `value` lies in the interval."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
     if ok:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -20,8 +23,7 @@ def _check_number(name, value, low, high=None, low_open=False, high_open=False):
         right = ")" if high_open else "]"
         upper = "inf" if high is None else high
         raise ValueError(
-            f"`{name}` must be a number in {left}{low}, {upper}{right}. "
-            f"Received: {name}={value!r}"
+            f"`{name}` must be a number in {left}{low}, {upper}{right}. Received: {name}={value!r}"
         )
     return float(value)
 
@@ -67,12 +69,10 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         if not isinstance(adaptive, bool):
             raise ValueError(f"`adaptive` must be a bool. Received: adaptive={adaptive!r}")
         eta = _check_number("eta", eta, 0.0)
-        swp_probability = _check_number(
-            "swp_probability", swp_probability, 0.0, 1.0, low_open=True
-        )
+        swp_probability = _check_number("swp_probability", swp_probability, 0.0, 1.0, low_open=True)
         sds_fraction = _check_number("sds_fraction", sds_fraction, 0.0, 1.0, low_open=True)
         if micro_batch_size is not None and (
-            not isinstance(micro_batch_size, int)
+            not isinstance(micro_batch_size, numbers.Integral)
             or isinstance(micro_batch_size, bool)
             or micro_batch_size < 1
         ):
@@ -82,7 +82,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             )
         if seed is None:
             seed = random.randint(0, 2**31 - 1)
-        if not isinstance(seed, int) or isinstance(seed, bool):
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
             raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
@@ -91,8 +91,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.eta = eta
         self.swp_probability = swp_probability
         self.sds_fraction = sds_fraction
-        self.micro_batch_size = micro_batch_size
-        self.seed = seed
+        self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
+        self.seed = int(seed)
 
     # ----------------------------------------------------------------- maths
     def perturbation(self, gradients, variables, step_seed=None):

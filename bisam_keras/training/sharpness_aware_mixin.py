@@ -20,8 +20,8 @@ descent gradients are averaged.
 import keras
 import tensorflow as tf
 
-from bisam_keras.optimizers.sharpness_aware_optimizer import SharpnessAwareOptimizer
 from bisam_keras import perturbation as perturbation_lib
+from bisam_keras.optimizers.sharpness_aware_optimizer import SharpnessAwareOptimizer
 
 
 def _unscale_for_distribution(value):
@@ -120,9 +120,7 @@ class SharpnessAwareMixin:
         self.optimizer.apply(gradients, trainable)
 
         batch_size = _batch_size(x)
-        self._loss_tracker.update_state(
-            _unscale_for_distribution(loss), sample_weight=batch_size
-        )
+        self._loss_tracker.update_state(_unscale_for_distribution(loss), sample_weight=batch_size)
         self._perturbed_loss_tracker.update_state(
             _unscale_for_distribution(perturbed_loss), sample_weight=batch_size
         )
@@ -305,14 +303,26 @@ class SharpnessAwareMixin:
                 tf.tensor_scatter_nd_update(b, rows(index), p)
                 for b, p in zip(buffers, tf.nest.flatten(new_pred))
             ]
-            return (index + 1, gradients, states, loss + new_loss,
-                    perturbed_loss + new_perturbed, buffers)
+            return (
+                index + 1,
+                gradients,
+                states,
+                loss + new_loss,
+                perturbed_loss + new_perturbed,
+                buffers,
+            )
 
         _, gradients, states, loss, perturbed_loss, buffers = tf.while_loop(
             lambda index, *_: index < count,
             body,
-            (tf.constant(1), gradients, [state_updates[v] for v in state_vars],
-             loss, perturbed_loss, buffers),
+            (
+                tf.constant(1),
+                gradients,
+                [state_updates[v] for v in state_vars],
+                loss,
+                perturbed_loss,
+                buffers,
+            ),
         )
         scale = 1.0 / tf.cast(count, tf.float32)
         gradients = [g * tf.cast(scale, g.dtype) for g in gradients]

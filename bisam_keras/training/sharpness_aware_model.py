@@ -35,8 +35,7 @@ class SharpnessAwareModel(SharpnessAwareMixin, keras.Model):
     def __init__(self, inner_model, **kwargs):
         if not isinstance(inner_model, keras.Model):
             raise ValueError(
-                "`inner_model` must be a keras.Model. "
-                f"Received: inner_model={inner_model!r}"
+                f"`inner_model` must be a keras.Model. Received: inner_model={inner_model!r}"
             )
         super().__init__(**kwargs)
         self.inner_model = inner_model

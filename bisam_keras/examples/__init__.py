@@ -1,0 +1,1 @@
+"""Runnable examples (`python -m bisam_keras.examples.digits`)."""
