@@ -205,7 +205,9 @@ def sharpness_aware_gradient(params, x, y, sample_weight, cfg):
         # Wrong variant: regularization gradient taken at w instead of w + e.
         grads = [
             g - r + r0
-            for g, r, r0 in zip(grads, regularization(perturbed, l2)[1], regularization(params, l2)[1])
+            for g, r, r0 in zip(
+                grads, regularization(perturbed, l2)[1], regularization(params, l2)[1]
+            )
         ]
     return grads, loss, perturbed_loss, info
 
@@ -214,9 +216,7 @@ def step_gradient(params, x, y, sample_weight, cfg):
     """The descent gradient of a batch, with mSAM's micro-batches if configured."""
     m = cfg.get("micro_batch_size")
     if m is None:
-        grads, loss, perturbed_loss, _ = sharpness_aware_gradient(
-            params, x, y, sample_weight, cfg
-        )
+        grads, loss, perturbed_loss, _ = sharpness_aware_gradient(params, x, y, sample_weight, cfg)
         return grads, loss, perturbed_loss
     b = len(y)
     assert b % m == 0

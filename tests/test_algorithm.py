@@ -29,7 +29,6 @@ L2 = 1e-2
 RTOL, ATOL = 1e-5, 1e-6
 JIT = pytest.mark.parametrize("jit", [False, True], ids=["nojit", "xla"])
 
-
 # --------------------------------------------------------------------------- #
 # Fixtures and helpers.
 # --------------------------------------------------------------------------- #
@@ -88,8 +87,9 @@ def make_optimizer(case):
     )
     if case["kind"] == "sam":
         return bk.SAM(inner, **kwargs)
-    return bk.BiSAM(inner, lower_bound=case["kind"], mu=case["mu"], alpha=case.get("alpha", 0.1),
-                    **kwargs)
+    return bk.BiSAM(
+        inner, lower_bound=case["kind"], mu=case["mu"], alpha=case.get("alpha", 0.1), **kwargs
+    )
 
 
 def ref_config(case):
@@ -119,16 +119,25 @@ def assert_weights(got, expected, what):
     for index, (g, e) in enumerate(zip(got, expected)):
         assert np.all(np.isfinite(g)), f"{what}: variable {index} is not finite"
         np.testing.assert_allclose(
-            np.asarray(g, np.float64), e, rtol=RTOL, atol=ATOL,
+            np.asarray(g, np.float64),
+            e,
+            rtol=RTOL,
+            atol=ATOL,
             err_msg=f"{what}: variable {index} ([W1, b1, W2, b2])",
         )
 
 
 def assert_logs(logs, loss, perturbed_loss, what):
-    np.testing.assert_allclose(float(logs["loss"]), loss, rtol=RTOL, atol=ATOL,
-                               err_msg=f"{what}: logged loss")
-    np.testing.assert_allclose(float(logs["perturbed_loss"]), perturbed_loss, rtol=RTOL,
-                               atol=ATOL, err_msg=f"{what}: logged perturbed_loss")
+    np.testing.assert_allclose(
+        float(logs["loss"]), loss, rtol=RTOL, atol=ATOL, err_msg=f"{what}: logged loss"
+    )
+    np.testing.assert_allclose(
+        float(logs["perturbed_loss"]),
+        perturbed_loss,
+        rtol=RTOL,
+        atol=ATOL,
+        err_msg=f"{what}: logged perturbed_loss",
+    )
 
 
 def max_diff(a, b):
@@ -174,7 +183,8 @@ def _finite_difference(fun, params, h=1e-6):
 
 
 @pytest.mark.parametrize(
-    "objective", [("ce",), ("neglog", 1.5, 0.1), ("tanh", 10.0, 0.1), ("tanh", 3.0, 0.7)],
+    "objective",
+    [("ce",), ("neglog", 1.5, 0.1), ("tanh", 10.0, 0.1), ("tanh", 3.0, 0.7)],
     ids=["ce", "neglog", "tanh", "tanh-alpha0.7"],
 )
 def test_reference_gradients_match_finite_differences(objective):
@@ -200,8 +210,7 @@ def test_reference_lower_bound_values_by_hand():
     q_neglog = (math.log(1 + math.exp(1.5 * phi2)) - math.log(2)) / 1.5
     np.testing.assert_allclose(ref.lower_bound(f, [0], "neglog", 1.5)[0], [q_neglog], rtol=1e-12)
     q_tanh = (math.log(1 + math.exp(10 * math.tanh(0.2))) - math.log(2)) / 10
-    np.testing.assert_allclose(ref.lower_bound(f, [0], "tanh", 10.0, 0.1)[0], [q_tanh],
-                               rtol=1e-12)
+    np.testing.assert_allclose(ref.lower_bound(f, [0], "tanh", 10.0, 0.1)[0], [q_tanh], rtol=1e-12)
     # phi(0) = 0 for both bounds.
     assert abs(ref.phi(0.0, "neglog", 0.1)) < 1e-15
     assert ref.phi(0.0, "tanh", 0.1) == 0.0
@@ -250,8 +259,15 @@ CASES = {
 }
 
 
-@JIT
-@pytest.mark.parametrize("name", list(CASES))
+def _grid_params():
+    params = []
+    for name in CASES:
+        for jit in (False, True):
+            params.append(pytest.param(name, jit, id=f"{name}-{'xla' if jit else 'nojit'}"))
+    return params
+
+
+@pytest.mark.parametrize("name, jit", _grid_params())
 def test_step_matches_numpy(name, jit):
     """Weights after each step and the logged `loss`/`perturbed_loss` (6) match NumPy."""
     case = CASES[name]
@@ -295,14 +311,19 @@ def test_grid_cases_are_distinguishable(name):
 @JIT
 @pytest.mark.parametrize("kind", ["sam", "neglog"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["sgd", "momentum"])
-def test_rho_zero_is_plain_inner_optimizer(kind, momentum, jit):
-    case = dict(SAM if kind == "sam" else NEGLOG, rho=0.0, momentum=momentum, sw=True, l2=True)
+@pytest.mark.parametrize(
+    "l2", [False, True], ids=["nol2", "l2"]
+)
+def test_rho_zero_is_plain_inner_optimizer(l2, kind, momentum, jit):
+    """rho = 0: the step of a plain keras.Model with the same SGD, and of NumPy."""
+    case = dict(SAM if kind == "sam" else NEGLOG, rho=0.0, momentum=momentum, sw=True, l2=l2)
     params = make_params()
     x, y, sw = make_data()
     model, inner = sharpness_aware_model(params, case, jit)
-    plain = build_inner(params, l2=True)
-    plain.compile(optimizer=keras.optimizers.SGD(LR, momentum=momentum), loss=loss_fn(),
-                  jit_compile=jit)
+    plain = build_inner(params, l2=l2)
+    plain.compile(
+        optimizer=keras.optimizers.SGD(LR, momentum=momentum), loss=loss_fn(), jit_compile=jit
+    )
     cfg = ref_config(case)
     opt = ref.SGD(LR, momentum)
     expected = [p.astype(np.float64) for p in params]
@@ -312,8 +333,11 @@ def test_rho_zero_is_plain_inner_optimizer(kind, momentum, jit):
         expected, loss, _ = ref.train_step(expected, x, y, sw, cfg, opt)
         what = f"rho=0 {kind} momentum={momentum} jit={jit} step {step + 1}"
         assert_weights(inner.get_weights(), expected, what)
-        assert_weights(inner.get_weights(), [w.astype(np.float64) for w in plain.get_weights()],
-                       what + " vs plain keras")
+        assert_weights(
+            inner.get_weights(),
+            [w.astype(np.float64) for w in plain.get_weights()],
+            what + " vs plain keras",
+        )
         assert_logs(logs, loss, loss, what)
         np.testing.assert_allclose(float(plain_logs["loss"]), loss, rtol=RTOL, atol=ATOL)
 
@@ -324,14 +348,31 @@ def test_rho_zero_is_plain_inner_optimizer(kind, momentum, jit):
 
 
 @JIT
-@pytest.mark.parametrize(
-    "name", ["sam", "neglog", "tanh", "asam"],
-)
-def test_zero_ascent_gradient_gives_plain_step(name, jit):
-    """All sample weights 0: the ascent objective is identically 0 (gradient exactly 0,
-    the L2 term is not part of it), so e = 0 and the descent gradient is the L2
-    gradient at w: W1 <- W1 - lr * 2 * 1e-2 * W1, all other variables unchanged."""
+@pytest.mark.parametrize("name", ["sam", "neglog", "tanh", "asam"])
+def test_zero_ascent_gradient_gives_zero_perturbation(name, jit):
+    """All sample weights 0, no regularizer: the ascent objective is identically 0,
+    its gradient exactly 0, so e = 0 (not NaN from 0/0); the descent gradient is 0
+    too, so the step is the plain SGD step on a zero gradient: nothing moves."""
     base = {"sam": SAM, "neglog": NEGLOG, "tanh": TANH, "asam": SAM}[name]
+    case = dict(base, rho=0.5, adaptive=(name == "asam"))
+    params = make_params()
+    x, y, _ = make_data()
+    sw = np.zeros(B, np.float32)
+    model, inner = sharpness_aware_model(params, case, jit)
+    for step in range(2):
+        logs = model.train_on_batch(x, y, sample_weight=sw, return_dict=True)
+        what = f"zero gradient {name} jit={jit} step {step + 1}"
+        assert_weights(inner.get_weights(), [p.astype(np.float64) for p in params], what)
+        assert_logs(logs, 0.0, 0.0, what)
+
+
+@JIT
+@pytest.mark.parametrize("name", ["sam", "neglog", "asam"])
+def test_zero_ascent_gradient_with_l2_gives_plain_step(name, jit):
+    """All sample weights 0 and L2(1e-2) on W1: the ascent objective (which excludes the
+    L2 term) is identically 0, so e = 0 and the descent gradient is the L2 gradient
+    at w: W1 <- W1 - lr * 2 * 1e-2 * W1, all other variables unchanged."""
+    base = {"sam": SAM, "neglog": NEGLOG, "asam": SAM}[name]
     case = dict(base, rho=0.5, l2=True, adaptive=(name == "asam"))
     params = make_params()
     x, y, _ = make_data()
@@ -380,7 +421,10 @@ def test_sds_reference_selection_is_well_separated(name):
 
 
 @JIT
-@pytest.mark.parametrize("name", list(SDS_CASES))
+@pytest.mark.parametrize(
+    "name",
+    list(SDS_CASES),
+)
 def test_sds_step_matches_numpy(name, jit):
     case = SDS_CASES[name]
     run_and_compare(case, jit, steps=1)

@@ -46,7 +46,7 @@ def phi_neglog(x):
     return 1.0 - tf.math.softplus(NEGLOG_GAMMA - x)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True)
 def _lower_bound_xla(y_pred, labels, mu, alpha, bound, from_logits):
     """`Q_i` for validated integer `labels`, compiled by XLA.
 
@@ -72,7 +72,8 @@ def _lower_bound_xla(y_pred, labels, mu, alpha, bound, from_logits):
     # with m = max(z) and log1p/expm1, so that it stays exact for small mu and
     # is exactly 0 (not a rounding error above it) for a row with all z = 0.
     z = mu * phi
-    m = tf.reduce_max(z, axis=-1)
+    # The value does not depend on m, so m needs no gradient.
+    m = tf.stop_gradient(tf.reduce_max(z, axis=-1))
     q = (m + tf.math.log1p(tf.reduce_mean(tf.math.expm1(z - m[..., None]), axis=-1))) / mu
     return tf.where(valid, q, tf.constant(float("nan")))
 

@@ -139,7 +139,11 @@ class SharpnessAwareMixin:
         """
         sam, loss_scale = _split_optimizer(self.optimizer)
         with tf.GradientTape() as tape:
-            with keras.StatelessScope(collect_losses=True) as scope:
+            # Each variable maps to its own value: the scope then collects the
+            # state updates (BatchNorm, RNG) instead of applying them, and
+            # regularizers read the weights through it.
+            mapping = [(v, v.value) for v in trainable]
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
                 y_pred = self(x, training=True)
                 loss = self.compute_loss(
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
