@@ -109,6 +109,11 @@ class SharpnessAwareMixin:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         sam = self.sharpness_aware_optimizer
         trainable = self.trainable_variables
+        if not self.optimizer.built:
+            # The ascent reads the loss scale before the first `apply`, which
+            # is where Keras would otherwise build the optimizer.
+            with tf.name_scope(self.optimizer.name):
+                self.optimizer.build(trainable)
         if sam.micro_batch_size is None:
             result = self._sharpness_aware_pass(x, y, sample_weight, trainable, step=0)
         else:
