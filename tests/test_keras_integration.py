@@ -104,8 +104,10 @@ def weights(model):
 
 
 def max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64))))
-               for u, v in zip(a, b))
+    return max(
+        float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64))))
+        for u, v in zip(a, b)
+    )
 
 
 def assert_same(got, expected, atol=SAME, what=""):
@@ -223,6 +225,7 @@ def test_numpy_reference_gradients_match_finite_differences():
     sw = np.random.RandomState(4).uniform(0.5, 2.0, 6)
     h = 1e-6
     for kind in ("ce", "neglog", "tanh"):
+
         def total(logits, kind=kind):
             if kind == "ce":
                 return float((sw * np_ce(logits, y)[0]).sum())
@@ -290,8 +293,11 @@ def test_compile_modes_agree_on_mlp_with_momentum(kind):
     assert_same(results["eager"], results["graph"], 2e-5, "eager vs graph")
     # The same run with plain SGD (rho=0) ends elsewhere: the modes agree on
     # the sharpness-aware result, not on something rho-independent.
-    plain = sa_model(mlp_inner(params), make_opt(kind, keras.optimizers.SGD(0.1, momentum=0.9),
-                                                 rho=0.0), jit_compile=False)
+    plain = sa_model(
+        mlp_inner(params),
+        make_opt(kind, keras.optimizers.SGD(0.1, momentum=0.9), rho=0.0),
+        jit_compile=False,
+    )
     plain.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     assert_moved(weights(plain), results["graph"], 1e-4, "rho=0 vs rho=0.2")
 
@@ -309,8 +315,9 @@ def test_steps_per_execution(kind, jit):
     expected = np_sgd_run(params, batches_of(x, y, 4), kind, 0.3, [0.1] * 6)
     results = {}
     for spe in (1, 3):
-        model = sa_model(linear_inner(params), make_opt(kind), jit_compile=jit,
-                         steps_per_execution=spe)
+        model = sa_model(
+            linear_inner(params), make_opt(kind), jit_compile=jit, steps_per_execution=spe
+        )
         history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
         results[spe] = (weights(model), history.history)
         assert int(model.optimizer.iterations.numpy()) == 6
@@ -334,8 +341,9 @@ def test_class_weight_equals_sample_weight(kind):
     sw = np.array([class_weight[int(c)] for c in y], np.float32)
 
     by_class = sa_model(linear_inner(params), make_opt(kind))
-    h1 = by_class.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
-                      class_weight=class_weight)
+    h1 = by_class.fit(
+        x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, class_weight=class_weight
+    )
     by_sample = sa_model(linear_inner(params), make_opt(kind))
     h2 = by_sample.fit(x, y, sample_weight=sw, batch_size=8, epochs=1, shuffle=False, verbose=0)
     unweighted = sa_model(linear_inner(params), make_opt(kind))
@@ -346,8 +354,9 @@ def test_class_weight_equals_sample_weight(kind):
     assert_same(weights(by_sample), expected, ATOL, "sample_weight vs numpy")
     assert_moved(weights(unweighted), weights(by_class), 1e-3, "weights must matter")
     np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-6)
-    np.testing.assert_allclose(h1.history["perturbed_loss"], h2.history["perturbed_loss"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        h1.history["perturbed_loss"], h2.history["perturbed_loss"], rtol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -459,8 +468,9 @@ def test_weight_decay_applied_to_the_descent_gradient(kind, make_inner):
     assert_moved(expected, params)
     assert_same(weights(model), expected, 2e-5, "wrapped inner vs inner on numpy gradient")
     if isinstance(manual, keras.optimizers.SGD):
-        hand = np_sgd_run(params, batches_of(x, y, 4), kind, 0.3, [0.2] * 3, momentum=0.5,
-                          weight_decay=0.3)
+        hand = np_sgd_run(
+            params, batches_of(x, y, 4), kind, 0.3, [0.2] * 3, momentum=0.5, weight_decay=0.3
+        )
         assert_same(weights(model), hand, ATOL, "SGD weight decay by hand")
 
 
@@ -472,11 +482,11 @@ def test_weight_decay_applied_to_the_descent_gradient(kind, make_inner):
 def test_early_stopping_on_loss_restores_best_weights():
     x, y = make_data(16)
     params = linear_params()
-    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=2,
-                                         restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="loss", min_delta=10.0, patience=2, restore_best_weights=True
+    )
     model = sa_model(linear_inner(params), make_opt("neglog"))
-    history = model.fit(x, y, batch_size=8, epochs=20, shuffle=False, verbose=0,
-                        callbacks=[stop])
+    history = model.fit(x, y, batch_size=8, epochs=20, shuffle=False, verbose=0, callbacks=[stop])
     # Epoch 0 is the best (nothing improves by 10), epochs 1 and 2 exhaust patience.
     assert len(history.history["loss"]) == 3
     assert stop.stopped_epoch == 2
@@ -495,19 +505,29 @@ def test_early_stopping_on_val_loss():
     y_val = (y + 1) % K
     params = linear_params()
     patience = 2
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                         restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=True
+    )
     model = sa_model(linear_inner(params), make_opt("sam"))
-    history = model.fit(x, y, batch_size=8, epochs=30, shuffle=False, verbose=0,
-                        validation_data=(x, y_val), callbacks=[stop])
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=30,
+        shuffle=False,
+        verbose=0,
+        validation_data=(x, y_val),
+        callbacks=[stop],
+    )
     val_loss = history.history["val_loss"]
     best = int(np.argmin(val_loss))
     assert len(val_loss) == best + patience + 1 < 30, val_loss
     reference = sa_model(linear_inner(params), make_opt("sam"))
     reference.fit(x, y, batch_size=8, epochs=best + 1, shuffle=False, verbose=0)
     assert_same(weights(model), weights(reference), SAME, "restored best weights")
-    np.testing.assert_allclose(reference.evaluate(x, y_val, verbose=0)[0], val_loss[best],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        reference.evaluate(x, y_val, verbose=0)[0], val_loss[best], rtol=1e-5
+    )
 
 
 def test_model_checkpoint_writes_loadable_keras_files(tmp_path):
@@ -519,8 +539,15 @@ def test_model_checkpoint_writes_loadable_keras_files(tmp_path):
     )
     path = str(tmp_path / "ckpt_{epoch}.keras")
     model = sa_model(linear_inner(params), make_opt("neglog", keras.optimizers.SGD(0.1, 0.9)))
-    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
-              callbacks=[keras.callbacks.ModelCheckpoint(path), record])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.ModelCheckpoint(path), record],
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_1.keras", "ckpt_2.keras"]
     assert_moved(per_epoch[1], per_epoch[0])
     for epoch in (1, 2):
@@ -562,12 +589,26 @@ def test_backup_and_restore_resumes_identically(tmp_path, kind, extra):
     backup = str(tmp_path / "backup")
     first = build(params)
     with pytest.raises(RuntimeError, match="interrupted at epoch 2"):
-        first.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
-                  callbacks=[keras.callbacks.BackupAndRestore(backup), _InterruptAt(2)])
+        first.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(backup), _InterruptAt(2)],
+        )
     # A fresh process would start from other weights: the backup must win.
     resumed = build(mlp_params(seed=99))
-    history = resumed.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0,
-                          callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    history = resumed.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(backup)],
+    )
     assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
     assert int(resumed.optimizer.iterations.numpy()) == 8
     assert_moved(weights(uninterrupted), params)
@@ -579,16 +620,65 @@ def test_backup_and_restore_resumes_identically(tmp_path, kind, extra):
 # --------------------------------------------------------------------------- #
 
 OPT_CONFIGS = {
-    "sam": lambda: bk.SAM(keras.optimizers.SGD(0.1, momentum=0.9), rho=0.07, adaptive=True,
-                          eta=0.01, swp_probability=0.5, sds_fraction=0.75,
-                          micro_batch_size=4, seed=123, name="my_sam"),
-    "bisam": lambda: bk.BiSAM(keras.optimizers.SGD(0.1, momentum=0.9), rho=0.08,
-                              lower_bound="tanh", mu=5.0, alpha=0.3, adaptive=True, eta=0.02,
-                              swp_probability=0.5, sds_fraction=0.75, micro_batch_size=4,
-                              seed=321, name="my_bisam"),
+    "sam": lambda: bk.SAM(
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        rho=0.07,
+        adaptive=True,
+        eta=0.01,
+        swp_probability=0.5,
+        sds_fraction=0.75,
+        micro_batch_size=4,
+        seed=123,
+        name="my_sam",
+    ),
+    "bisam": lambda: bk.BiSAM(
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        rho=0.08,
+        lower_bound="tanh",
+        mu=5.0,
+        alpha=0.3,
+        adaptive=True,
+        eta=0.02,
+        swp_probability=0.5,
+        sds_fraction=0.75,
+        micro_batch_size=4,
+        seed=321,
+        name="my_bisam",
+    ),
 }
-CONFIG_KEYS = ["name", "rho", "adaptive", "eta", "swp_probability", "sds_fraction",
-               "micro_batch_size", "seed"]
+CONFIG_KEYS = [
+    "name",
+    "rho",
+    "adaptive",
+    "eta",
+    "swp_probability",
+    "sds_fraction",
+    "micro_batch_size",
+    "seed",
+]
+
+
+@pytest.mark.parametrize("which", sorted(OPT_CONFIGS))
+def test_saved_archive_holds_model_class_weights_and_optimizer_config(tmp_path, which):
+    """The part of saving that does not need compile-on-load: the model class,
+    its weights, and the optimizer config written into the archive."""
+    import json
+    import zipfile
+
+    x, y = make_data(16)
+    model = sa_model(mlp_inner(), OPT_CONFIGS[which]())
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert type(loaded) is bk.SharpnessAwareModel
+    assert_moved(weights(model), mlp_params())
+    assert_same(weights(loaded), weights(model), 0.0, "weights")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+    opt = keras.saving.deserialize_keras_object(config["compile_config"]["optimizer"])
+    assert type(opt) is type(model.optimizer)
+    assert opt.get_config() == model.optimizer.get_config()
 
 
 @pytest.mark.parametrize("which", sorted(OPT_CONFIGS))
@@ -629,8 +719,13 @@ def test_save_load_restores_classes_config_and_optimizer_state(tmp_path, which):
 
 @pytest.mark.parametrize(
     "kind,extra",
-    [("sam", {}), ("neglog", {}), ("tanh", {}), ("neglog", {"swp_probability": 0.5}),
-     ("sam", {"swp_probability": 0.5})],
+    [
+        ("sam", {}),
+        ("neglog", {}),
+        ("tanh", {}),
+        ("neglog", {"swp_probability": 0.5}),
+        ("sam", {"swp_probability": 0.5}),
+    ],
     ids=["sam", "bisam-neglog", "bisam-tanh", "bisam-swp", "sam-swp"],
 )
 def test_training_after_load_matches_uninterrupted_run(tmp_path, kind, extra):
@@ -703,15 +798,34 @@ def _ascent_value(opt, y, f):
 @pytest.mark.parametrize(
     "factory",
     [
-        lambda: bk.SAM(keras.optimizers.SGD(0.3, momentum=0.5), rho=0.2, adaptive=True,
-                       eta=0.1, swp_probability=0.25, sds_fraction=0.5, micro_batch_size=2,
-                       seed=5, name="s"),
-        lambda: bk.BiSAM(keras.optimizers.Adam(0.01), rho=0.1, lower_bound="neglog", mu=2.5,
-                         seed=6),
-        lambda: bk.BiSAM(keras.optimizers.SGD(0.2), rho=0.1, lower_bound="tanh", mu=4.0,
-                         alpha=0.7, swp_probability=0.5, seed=7),
-        lambda: bk.BiSAM(keras.optimizers.SGD(0.2), lower_bound=bk.losses.TanhLowerBound(
-            mu=3.0, alpha=0.5), seed=8),
+        lambda: bk.SAM(
+            keras.optimizers.SGD(0.3, momentum=0.5),
+            rho=0.2,
+            adaptive=True,
+            eta=0.1,
+            swp_probability=0.25,
+            sds_fraction=0.5,
+            micro_batch_size=2,
+            seed=5,
+            name="s",
+        ),
+        lambda: bk.BiSAM(
+            keras.optimizers.Adam(0.01), rho=0.1, lower_bound="neglog", mu=2.5, seed=6
+        ),
+        lambda: bk.BiSAM(
+            keras.optimizers.SGD(0.2),
+            rho=0.1,
+            lower_bound="tanh",
+            mu=4.0,
+            alpha=0.7,
+            swp_probability=0.5,
+            seed=7,
+        ),
+        lambda: bk.BiSAM(
+            keras.optimizers.SGD(0.2),
+            lower_bound=bk.losses.TanhLowerBound(mu=3.0, alpha=0.5),
+            seed=8,
+        ),
         lambda: bk.BiSAM(keras.optimizers.SGD(0.2), lower_bound=ce_loss(), seed=9),
     ],
     ids=["sam", "bisam-neglog", "bisam-tanh", "bisam-loss-tanh", "bisam-loss-ce"],
@@ -740,8 +854,9 @@ def test_optimizer_config_round_trip(factory):
             # are the lower bound / loss computed independently.
             value = _ascent_value(opt, y, f)
             assert _ascent_value(clone, y, f) == pytest.approx(value, rel=1e-6)
-            if isinstance(opt.lower_bound, str) or isinstance(opt.lower_bound,
-                                                               bk.losses.TanhLowerBound):
+            if isinstance(opt.lower_bound, str) or isinstance(
+                opt.lower_bound, bk.losses.TanhLowerBound
+            ):
                 kind = opt.lower_bound if isinstance(opt.lower_bound, str) else "tanh"
                 mu = opt.mu if isinstance(opt.lower_bound, str) else 3.0
                 alpha = opt.alpha if isinstance(opt.lower_bound, str) else 0.5
@@ -772,8 +887,7 @@ def test_loss_config_round_trip(loss, kind, mu, alpha):
     for clone in _round_trip(loss):
         assert type(clone) is type(loss)
         assert clone.get_config() == loss.get_config()
-        assert float(clone(y, f, sample_weight=sw)) == pytest.approx(expected, rel=1e-5,
-                                                                      abs=1e-6)
+        assert float(clone(y, f, sample_weight=sw)) == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -796,8 +910,9 @@ def test_sharpness_aware_model_config_round_trip(make_inner):
         assert clone.get_config() == config
         clone(x)
         clone.set_weights(mlp_params())
-        np.testing.assert_allclose(clone.predict(x, verbose=0), model.predict(x, verbose=0),
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            clone.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+        )
     # Independently: the prediction is the NumPy MLP.
     p = [t.astype(np.float64) for t in mlp_params()]
     expected = np.tanh(x @ p[0] + p[1]) @ p[2] + p[3]
@@ -851,8 +966,11 @@ def test_mixin_step_equals_wrapper_step(kind):
     mine = MyModel()
     mine(x)
     mine.set_weights(params)
-    mine.compile(optimizer=make_opt(kind, keras.optimizers.SGD(0.2, momentum=0.9)),
-                 loss=ce_loss(), metrics=["accuracy"])
+    mine.compile(
+        optimizer=make_opt(kind, keras.optimizers.SGD(0.2, momentum=0.9)),
+        loss=ce_loss(),
+        metrics=["accuracy"],
+    )
     logs_mine = mine.train_on_batch(x, y, return_dict=True)
     wrapped = sa_model(mlp_inner(params), make_opt(kind, keras.optimizers.SGD(0.2, momentum=0.9)))
     logs_wrapped = wrapped.train_on_batch(x, y, return_dict=True)
@@ -889,8 +1007,9 @@ def test_history_keys_and_values(kind):
     params = linear_params()
     model = sa_model(linear_inner(params), make_opt(kind, keras.optimizers.SGD(0.5)))
     # One step per epoch, so each epoch's logs are those of one step.
-    history = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0,
-                        validation_data=(xv, yv))
+    history = model.fit(
+        x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, validation_data=(xv, yv)
+    )
     logs = history.history
     assert {"loss", "perturbed_loss", "accuracy", "val_loss", "val_accuracy"} <= set(logs)
     assert "val_perturbed_loss" not in logs

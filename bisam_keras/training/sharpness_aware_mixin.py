@@ -86,6 +86,13 @@ class SharpnessAwareMixin:
                 self, "_perturbed_loss_tracker", keras.metrics.Mean(name="perturbed_loss")
             )
 
+    def compile_from_config(self, config):
+        """Recompiles a loaded model (Keras skips models with a custom `compile`)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def reset_metrics(self):
         super().reset_metrics()
         tracker = getattr(self, "_perturbed_loss_tracker", None)
