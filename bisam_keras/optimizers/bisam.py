@@ -57,6 +57,11 @@ class BiSAM(SharpnessAwareOptimizer):
         sds_fraction: E-BiSAM's data-selection fraction `gamma` in (0, 1];
             the sharpness of an example is `Q_i(w + e) - Q_i(w)`. Defaults to `1.0`.
         micro_batch_size: the micro-batch size `m` of mSAM. Defaults to `None`.
+        sync_perturbation: under `tf.distribute`, all-reduce the ascent
+            gradient so every replica perturbs by the global batch's `e` (one
+            extra all-reduce a step). By default each replica perturbs with
+            its own batch, like mSAM with `m` = the per-replica batch.
+            Defaults to `False`.
         seed: seed of the stochastic weight perturbation. Defaults to `None`.
         name: the optimizer's name.
 
@@ -86,6 +91,7 @@ class BiSAM(SharpnessAwareOptimizer):
         swp_probability=1.0,
         sds_fraction=1.0,
         micro_batch_size=None,
+        sync_perturbation=False,
         seed=None,
         name="bisam",
         **kwargs,
@@ -119,6 +125,7 @@ class BiSAM(SharpnessAwareOptimizer):
             swp_probability=swp_probability,
             sds_fraction=sds_fraction,
             micro_batch_size=micro_batch_size,
+            sync_perturbation=sync_perturbation,
             seed=seed,
             name=name,
             **kwargs,

@@ -51,6 +51,11 @@ class SAM(SharpnessAwareOptimizer):
             gradient. Defaults to `1.0` (the whole batch).
         micro_batch_size: mSAM's micro-batch size `m`, which must divide the
             batch size; `None` perturbs with the whole batch. Defaults to `None`.
+        sync_perturbation: under `tf.distribute`, all-reduce the ascent
+            gradient so every replica perturbs by the global batch's `e` (one
+            extra all-reduce a step). By default each replica perturbs with
+            its own batch, like mSAM with `m` = the per-replica batch.
+            Defaults to `False`.
         seed: seed of the stochastic weight perturbation. Defaults to `None`
             (a random seed, saved in the config).
         name: the optimizer's name.
@@ -76,6 +81,7 @@ class SAM(SharpnessAwareOptimizer):
         swp_probability=1.0,
         sds_fraction=1.0,
         micro_batch_size=None,
+        sync_perturbation=False,
         seed=None,
         name="sam",
         **kwargs,
@@ -88,6 +94,7 @@ class SAM(SharpnessAwareOptimizer):
             swp_probability=swp_probability,
             sds_fraction=sds_fraction,
             micro_batch_size=micro_batch_size,
+            sync_perturbation=sync_perturbation,
             seed=seed,
             name=name,
             **kwargs,

@@ -48,6 +48,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         swp_probability=1.0,
         sds_fraction=1.0,
         micro_batch_size=None,
+        sync_perturbation=False,
         seed=None,
         name=None,
         **kwargs,
@@ -80,6 +81,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 "`micro_batch_size` must be None or an int >= 1. "
                 f"Received: micro_batch_size={micro_batch_size!r}"
             )
+        if not isinstance(sync_perturbation, bool):
+            raise ValueError(
+                "`sync_perturbation` must be a bool. "
+                f"Received: sync_perturbation={sync_perturbation!r}"
+            )
         if seed is None:
             seed = random.randint(0, 2**31 - 1)
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
@@ -92,6 +98,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.swp_probability = swp_probability
         self.sds_fraction = sds_fraction
         self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
+        self.sync_perturbation = sync_perturbation
         self.seed = int(seed)
 
     # ----------------------------------------------------------------- maths
@@ -182,6 +189,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             "swp_probability": self.swp_probability,
             "sds_fraction": self.sds_fraction,
             "micro_batch_size": self.micro_batch_size,
+            "sync_perturbation": self.sync_perturbation,
             "seed": self.seed,
         }
 

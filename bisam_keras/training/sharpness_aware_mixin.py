@@ -18,6 +18,7 @@ descent gradients are averaged.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from bisam_keras import perturbation as perturbation_lib
@@ -28,6 +29,59 @@ def _unscale_for_distribution(value):
     """Undo Keras' per-replica `1 / num_replicas` loss scaling, for logging."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return value * replicas if replicas > 1 else value
+
+
+def _all_reduce_flat(values, reduction):
+    """All-reduces a list of tensors as one flat float32 vector.
+
+    One collective, with the same shape on every replica (separate collectives
+    per tensor can be matched out of order between replicas).
+    """
+    flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in values], axis=0)
+    flat = tf.distribute.get_replica_context().all_reduce(reduction, flat)
+    parts = tf.split(flat, [int(np.prod(v.shape)) for v in values])
+    return [tf.cast(tf.reshape(part, v.shape), v.dtype) for part, v in zip(parts, values)]
+
+
+def _all_reduce_across_replicas(gradients):
+    """Sums the ascent gradients of all replicas (`sync_perturbation=True`)."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        raise ValueError(
+            "`sync_perturbation`=True needs a tf.distribute strategy: build and "
+            "compile the model inside `strategy.scope()`. Received: no strategy"
+        )
+    return _all_reduce_flat(gradients, "sum")
+
+
+def _mean_across_replicas(state_updates):
+    """Averages floating state updates (BatchNorm statistics) over replicas.
+
+    So that every replica holds the same statistics, the mean of the
+    per-replica updates: what `micro_batch_size` = per-replica batch gives
+    on one device.
+    """
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return state_updates
+    if tf.distribute.get_replica_context().num_replicas_in_sync == 1:
+        return state_updates
+    keys = [k for k, v in state_updates.items() if v.dtype.is_floating]
+    if not keys:
+        return state_updates
+    means = _all_reduce_flat([state_updates[k] for k in keys], "mean")
+    return {**state_updates, **dict(zip(keys, means))}
+
+
+def _multi_worker_logs(model, logs):
+    """Gives logs a batch axis under MultiWorkerMirroredStrategy.
+
+    Works around Keras reducing per-replica logs with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars. The
+    metrics are already synchronized, so the mean over workers is the value.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
 def _batch_size(x):
@@ -78,6 +132,11 @@ class SharpnessAwareMixin:
                 "optimizer such as `bisam_keras.BiSAM(inner_optimizer)` or "
                 f"`bisam_keras.SAM(inner_optimizer)`. Received: optimizer={optimizer!r}"
             )
+        if sharpness_aware.sync_perturbation and not tf.distribute.has_strategy():
+            raise ValueError(
+                "`sync_perturbation`=True needs a tf.distribute strategy: build and "
+                "compile the model inside `strategy.scope()`. Received: no strategy"
+            )
         super().compile(optimizer, *args, **kwargs)
         if getattr(self, "_perturbed_loss_tracker", None) is None:
             # Deliberately not tracked as a model metric: it has no meaning
@@ -92,6 +151,25 @@ class SharpnessAwareMixin:
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Works around keras-team/keras#20585: Keras builds a distributed model
+        # from `strategy.reduce("MEAN", batch)`, which MultiWorkerMirroredStrategy
+        # cannot do eagerly. Any one replica's batch serves for the build.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(it),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def reset_metrics(self):
         super().reset_metrics()
@@ -126,6 +204,7 @@ class SharpnessAwareMixin:
         else:
             result = self._micro_batch_passes(x, y, sample_weight, trainable)
         gradients, y_pred, state_updates, loss, perturbed_loss = result
+        state_updates = _mean_across_replicas(state_updates)
         state = self.non_trainable_variables
         for index, value in state_updates.items():
             state[index].assign(value)
@@ -138,7 +217,10 @@ class SharpnessAwareMixin:
         )
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         logs["perturbed_loss"] = self._perturbed_loss_tracker.result()
-        return logs
+        return _multi_worker_logs(self, logs)
+
+    def test_step(self, data):
+        return _multi_worker_logs(self, super().test_step(data))
 
     def _sharpness_aware_pass(self, x, y, sample_weight, trainable, step):
         """One sharpness-aware gradient on one (micro-)batch.
@@ -179,6 +261,8 @@ class SharpnessAwareMixin:
             return gradients, y_pred, state_updates, loss, loss
 
         gradients = [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, trainable)]
+        if sam.sync_perturbation:
+            gradients = _all_reduce_across_replicas(gradients)
         finite = None
         if loss_scale is not None:
             gradients = [tf.cast(g, tf.float32) / loss_scale.dynamic_scale for g in gradients]

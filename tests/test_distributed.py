@@ -1,0 +1,224 @@
+"""tf.distribute: both perturbation semantics, checked numerically.
+
+- Per-replica (the default): each replica perturbs with its own batch, which
+  must equal `micro_batch_size = global_batch / replicas` on one device,
+  BatchNorm statistics included.
+- `sync_perturbation=True`: the ascent gradient is all-reduced, which must
+  equal single-device training on the global batch (no BatchNorm).
+"""
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import bisam_keras as bk
+
+GLOBAL_BATCH = 16
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(4 * GLOBAL_BATCH, 6)).astype("float32")
+Y = RNG.integers(0, 3, size=(4 * GLOBAL_BATCH,))
+
+
+@functools.cache
+def _mirrored():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    return tf.distribute.MirroredStrategy(devices) if len(devices) == 2 else None
+
+
+def mirrored():
+    # One strategy for the whole session: collective instance keys of
+    # separate MirroredStrategy objects over the same devices can collide.
+    strategy = _mirrored()
+    if strategy is None:
+        pytest.skip("needs the two logical CPU devices that tests/conftest.py configures")
+    return strategy
+
+
+def make_model(batch_norm):
+    keras.utils.set_random_seed(1)
+    layers = [keras.Input((6,)), keras.layers.Dense(8)]
+    if batch_norm:
+        layers.append(keras.layers.BatchNormalization())
+    layers += [keras.layers.ReLU(), keras.layers.Dense(3)]
+    return keras.Sequential(layers)
+
+
+def train(strategy, optimizer_cls=bk.BiSAM, batch_norm=True, jit_compile=False, **kwargs):
+    with strategy.scope():
+        model = bk.SharpnessAwareModel(make_model(batch_norm))
+        model.compile(
+            optimizer=optimizer_cls(keras.optimizers.SGD(0.1, momentum=0.9), rho=0.2, **kwargs),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
+        )
+    history = model.fit(X, Y, batch_size=GLOBAL_BATCH, epochs=2, shuffle=False, verbose=0)
+    return model, history.history
+
+
+def assert_same_weights(a, b, atol=2e-6):
+    assert len(a.weights) == len(b.weights)
+    for u, v in zip(a.weights, b.weights):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), atol=atol, err_msg=u.path)
+
+
+@pytest.mark.parametrize("optimizer_cls", [bk.SAM, bk.BiSAM])
+def test_per_replica_perturbation_equals_micro_batches(optimizer_cls):
+    distributed, logs = train(mirrored(), optimizer_cls)
+    single, single_logs = train(
+        tf.distribute.get_strategy(), optimizer_cls, micro_batch_size=GLOBAL_BATCH // 2
+    )
+    assert_same_weights(distributed, single)
+    np.testing.assert_allclose(logs["loss"], single_logs["loss"], rtol=1e-5)
+    np.testing.assert_allclose(logs["perturbed_loss"], single_logs["perturbed_loss"], rtol=1e-5)
+    # And it is not the global-batch perturbation.
+    whole, _ = train(tf.distribute.get_strategy(), optimizer_cls)
+    kernel = distributed.inner_model.layers[0].kernel.numpy()
+    assert np.abs(kernel - whole.inner_model.layers[0].kernel.numpy()).max() > 1e-4
+
+
+@pytest.mark.parametrize("optimizer_cls", [bk.SAM, bk.BiSAM])
+def test_synced_perturbation_equals_single_device_global_batch(optimizer_cls):
+    distributed, logs = train(mirrored(), optimizer_cls, batch_norm=False, sync_perturbation=True)
+    single, single_logs = train(tf.distribute.get_strategy(), optimizer_cls, batch_norm=False)
+    assert_same_weights(distributed, single)
+    np.testing.assert_allclose(logs["perturbed_loss"], single_logs["perturbed_loss"], rtol=1e-5)
+
+
+@functools.cache
+def _one_device_mirrored():
+    return tf.distribute.MirroredStrategy(["/cpu:0"])
+
+
+def test_xla_step_inside_a_mirrored_strategy():
+    # XLA cannot compile a step whose mirrored variables live on two logical
+    # CPU devices (plain Keras fails the same way: "Trying to access resource
+    # ... located in device CPU:1 from device CPU:0"); a one-device
+    # MirroredStrategy still runs the step through strategy.run under XLA.
+    # The two-GPU case is in benchmarks/gpu_check.sh.
+    xla, _ = train(_one_device_mirrored(), jit_compile=True)
+    reference, _ = train(tf.distribute.get_strategy(), jit_compile=False)
+    assert_same_weights(xla, reference, atol=1e-5)
+
+
+def test_batch_norm_statistics_agree_across_replicas():
+    model, _ = train(mirrored())
+    bn = model.inner_model.layers[1]
+    for variable in (bn.moving_mean, bn.moving_variance):
+        values = model.distribute_strategy.experimental_local_results(variable.value)
+        np.testing.assert_array_equal(values[0].numpy(), values[1].numpy())
+
+
+def test_sync_perturbation_without_strategy_is_an_error():
+    model = bk.SharpnessAwareModel(make_model(False))
+    with pytest.raises(ValueError, match="sync_perturbation"):
+        model.compile(
+            optimizer=bk.BiSAM(keras.optimizers.SGD(0.1), sync_perturbation=True),
+            loss="sparse_categorical_crossentropy",
+        )
+
+
+def test_sync_perturbation_must_be_bool():
+    with pytest.raises(ValueError, match="sync_perturbation=1"):
+        bk.SAM(keras.optimizers.SGD(), sync_perturbation=1)
+
+
+def test_save_and_load_under_mirrored_strategy(tmp_path):
+    strategy = mirrored()
+    model, _ = train(strategy)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    with strategy.scope():
+        loaded = keras.models.load_model(path)
+    assert_same_weights(model, loaded, atol=0)
+    assert loaded.optimizer.get_config()["rho"] == 0.2
+    np.testing.assert_allclose(loaded.predict(X, verbose=0), model.predict(X, verbose=0), atol=1e-6)
+
+
+# ------------------------------------------------------------- multi-worker
+WORKER = r"""
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+import keras, bisam_keras as bk
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 6)).astype("float32"); y = rng.integers(0, 3, size=(64,))
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).with_options(options)
+with strategy.scope():
+    keras.utils.set_random_seed(1)
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3)])
+    model = bk.SharpnessAwareModel(inner)
+    model.compile(optimizer=bk.BiSAM(keras.optimizers.SGD(0.1), rho=0.2, sync_perturbation=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(ds, epochs=1, verbose=0)
+np.savez(sys.argv[1], *[w.numpy() for w in model.weights])
+"""
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_training_equals_single_process(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        env = dict(os.environ)
+        task = {"type": "worker", "index": index}
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": task})
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / f"w{index}.npz")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        outputs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out[-3000:]
+    w0 = np.load(tmp_path / "w0.npz")
+    w1 = np.load(tmp_path / "w1.npz")
+    # Single-process reference: the same global batches, the same semantics.
+    keras.utils.set_random_seed(1)
+    inner = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+    )
+    model = bk.SharpnessAwareModel(inner)
+    model.compile(
+        optimizer=bk.BiSAM(keras.optimizers.SGD(0.1), rho=0.2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.integers(0, 3, size=(64,))
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for i, reference in enumerate(model.weights):
+        np.testing.assert_array_equal(w0[f"arr_{i}"], w1[f"arr_{i}"])
+        np.testing.assert_allclose(w0[f"arr_{i}"], reference.numpy(), atol=2e-6)
