@@ -222,3 +222,98 @@ def test_multi_worker_training_equals_single_process(tmp_path):
     for i, reference in enumerate(model.weights):
         np.testing.assert_array_equal(w0[f"arr_{i}"], w1[f"arr_{i}"])
         np.testing.assert_allclose(w0[f"arr_{i}"], reference.numpy(), atol=2e-6)
+
+
+def test_model_built_outside_the_strategy_scope_is_an_error():
+    strategy = mirrored()
+    outside = bk.SharpnessAwareModel(make_model(False))
+    inner_outside = make_model(False)
+    with strategy.scope():
+        for model, name in ((outside, "sharpness_aware_model"), (None, inner_outside.name)):
+            model = model or bk.SharpnessAwareModel(inner_outside)
+            with pytest.raises(ValueError, match=f"'{name}.*' was created outside the scope"):
+                model.compile(
+                    optimizer=bk.BiSAM(keras.optimizers.SGD(0.1)),
+                    loss="sparse_categorical_crossentropy",
+                )
+
+
+def test_micro_batches_must_divide_the_per_replica_batch():
+    # Global batch 12 over 2 replicas is 6 per replica, which 4 does not divide.
+    strategy = mirrored()
+    with strategy.scope():
+        model = bk.SharpnessAwareModel(make_model(False))
+        model.compile(
+            optimizer=bk.BiSAM(keras.optimizers.SGD(0.1), micro_batch_size=4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="per-replica batch"):
+        model.fit(X[:12], Y[:12], batch_size=12, verbose=0)
+
+
+def test_mixed_precision_under_mirrored_strategy():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with mirrored().scope():
+            inner = keras.Sequential(
+                [
+                    keras.Input((6,)),
+                    keras.layers.Dense(8, activation="relu"),
+                    keras.layers.Dense(3, dtype="float32"),
+                ]
+            )
+            model = bk.SharpnessAwareModel(inner)
+            model.compile(
+                optimizer=bk.BiSAM(keras.optimizers.SGD(0.1), rho=0.2),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        before = [w.numpy() for w in model.trainable_weights]
+        history = model.fit(X, Y, batch_size=GLOBAL_BATCH, epochs=2, verbose=0).history
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
+    assert any(np.abs(w.numpy() - b).max() > 1e-4 for w, b in zip(model.trainable_weights, before))
+
+
+@pytest.mark.slow
+def test_backup_and_restore_under_mirrored_strategy(tmp_path):
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("interrupted")
+
+    def fresh():
+        with mirrored().scope():
+            model = bk.SharpnessAwareModel(make_model(True))
+            model.compile(
+                optimizer=bk.BiSAM(keras.optimizers.SGD(0.1, momentum=0.9), rho=0.2),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        return model
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    interrupted = fresh()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        interrupted.fit(
+            X,
+            Y,
+            batch_size=GLOBAL_BATCH,
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[backup, Interrupt()],
+        )
+    resumed = fresh()
+    resumed.fit(
+        X,
+        Y,
+        batch_size=GLOBAL_BATCH,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))],
+    )
+    uninterrupted = fresh()
+    uninterrupted.fit(X, Y, batch_size=GLOBAL_BATCH, epochs=4, shuffle=False, verbose=0)
+    assert_same_weights(resumed, uninterrupted, atol=1e-6)

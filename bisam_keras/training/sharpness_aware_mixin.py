@@ -71,6 +71,21 @@ def _mean_across_replicas(state_updates):
     return {**state_updates, **dict(zip(keys, means))}
 
 
+def _check_built_in_scope(model):
+    """A model compiled under a strategy must have been created under it."""
+    if not tf.distribute.has_strategy():
+        return
+    strategy = tf.distribute.get_strategy()
+    models = [model] + [m for m in model._flatten_layers() if isinstance(m, keras.Model)]
+    for m in models:
+        if getattr(m, "_distribute_strategy", None) is not strategy:
+            raise ValueError(
+                f"Model {m.name!r} was created outside the scope of the "
+                f"{type(strategy).__name__} it is compiled in: create the model (and "
+                "its inner model) inside `strategy.scope()`."
+            )
+
+
 def _multi_worker_logs(model, logs):
     """Gives logs a batch axis under MultiWorkerMirroredStrategy.
 
@@ -132,6 +147,7 @@ class SharpnessAwareMixin:
                 "optimizer such as `bisam_keras.BiSAM(inner_optimizer)` or "
                 f"`bisam_keras.SAM(inner_optimizer)`. Received: optimizer={optimizer!r}"
             )
+        _check_built_in_scope(self)
         if sharpness_aware.sync_perturbation and not tf.distribute.has_strategy():
             raise ValueError(
                 "`sync_perturbation`=True needs a tf.distribute strategy: build and "
@@ -355,8 +371,9 @@ class SharpnessAwareMixin:
             batch % size,
             0,
             message=(
-                f"`micro_batch_size`={size} must divide the batch size; the batch "
-                "size received does not"
+                f"`micro_batch_size`={size} must divide the batch size (under "
+                "tf.distribute, the per-replica batch: global batch / replicas); "
+                "the batch size received does not"
             ),
         )
         count = batch // size
