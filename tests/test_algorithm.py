@@ -311,9 +311,7 @@ def test_grid_cases_are_distinguishable(name):
 @JIT
 @pytest.mark.parametrize("kind", ["sam", "neglog"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["sgd", "momentum"])
-@pytest.mark.parametrize(
-    "l2", [False, True], ids=["nol2", "l2"]
-)
+@pytest.mark.parametrize("l2", [False, True], ids=["nol2", "l2"])
 def test_rho_zero_is_plain_inner_optimizer(l2, kind, momentum, jit):
     """rho = 0: the step of a plain keras.Model with the same SGD, and of NumPy."""
     case = dict(SAM if kind == "sam" else NEGLOG, rho=0.0, momentum=momentum, sw=True, l2=l2)

@@ -523,7 +523,8 @@ def test_xla_batchnorm_micro_batch_step_matches_non_jit():
         inner = bn_model(seed=34)
         expected = np_bn_expected(inner, x, chunk=4)
         model = compile_sa(
-            inner, bk.BiSAM(keras.optimizers.SGD(0.5), rho=0.3, micro_batch_size=4),
+            inner,
+            bk.BiSAM(keras.optimizers.SGD(0.5), rho=0.3, micro_batch_size=4),
             jit_compile=jit,
         )
         model.train_on_batch(x, y)
@@ -552,8 +553,12 @@ def test_lower_bound_function_is_xla_compiled():
     logits = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], np.float32)
     labels = np.array([0, 2], np.int32)
     got = fn(
-        tf.constant(logits), tf.constant(labels), tf.constant(1.5), tf.constant(0.1),
-        "neglog", True,
+        tf.constant(logits),
+        tf.constant(labels),
+        tf.constant(1.5),
+        tf.constant(0.1),
+        "neglog",
+        True,
     ).numpy()
     margins = logits.astype(np.float64) - logits[np.arange(2), labels][:, None]
     phi = 1.0 - np.logaddexp(0.0, GAMMA - margins)
@@ -608,7 +613,8 @@ def test_huge_saturated_logits_give_finite_step(bound, jit):
     params, x, y, f = huge_logit_problem(near_tie=False)
     lr = 0.1
     model = compile_sa(
-        mlp(params), bk.BiSAM(keras.optimizers.SGD(lr), rho=0.05, lower_bound=bound),
+        mlp(params),
+        bk.BiSAM(keras.optimizers.SGD(lr), rho=0.05, lower_bound=bound),
         jit_compile=jit,
     )
     logs = model.train_on_batch(x, y, return_dict=True)
@@ -634,9 +640,7 @@ def test_huge_saturated_logits_give_finite_step(bound, jit):
 def test_huge_logits_with_one_near_tie_match_reference(bound):
     params, x, y, f = huge_logit_problem(near_tie=True)
     lr = 0.1
-    model = compile_sa(
-        mlp(params), bk.BiSAM(keras.optimizers.SGD(lr), rho=0.05, lower_bound=bound)
-    )
+    model = compile_sa(mlp(params), bk.BiSAM(keras.optimizers.SGD(lr), rho=0.05, lower_bound=bound))
     logs = model.train_on_batch(x, y, return_dict=True)
     after = weights_of(model)
     for w in after:
@@ -666,7 +670,8 @@ def test_dropout_rng_state_advances(jit):
     y = np.full((16,), y[0], np.int32)
     # lr = 0: the weights never change, so the loss only changes through the masks.
     model = compile_sa(
-        mlp(params, dropout=0.5), bk.BiSAM(keras.optimizers.SGD(0.0), rho=0.05),
+        mlp(params, dropout=0.5),
+        bk.BiSAM(keras.optimizers.SGD(0.0), rho=0.05),
         jit_compile=jit,
     )
     model.train_on_batch(x, y)  # builds everything

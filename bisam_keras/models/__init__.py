@@ -1,5 +1,26 @@
-"""Model zoo: the paper's CIFAR models."""
+"""Model zoo: the paper's CIFAR models, `keras.applications` and ViT-B/16.
 
+`build(name, num_classes, input_shape)` returns a Functional `keras.Model`
+that outputs float32 logits; `names()` lists every name.
+"""
+
+from bisam_keras.models.applications import application_names, keras_application
 from bisam_keras.models.cifar_resnet import cifar_resnet
+from bisam_keras.models.densenet import densenet
+from bisam_keras.models.registry import build, names, options
+from bisam_keras.models.vgg import vgg
+from bisam_keras.models.vit import vit
+from bisam_keras.models.wide_resnet import wide_resnet
 
-__all__ = ["cifar_resnet"]
+__all__ = [
+    "application_names",
+    "build",
+    "cifar_resnet",
+    "densenet",
+    "keras_application",
+    "names",
+    "options",
+    "vgg",
+    "vit",
+    "wide_resnet",
+]

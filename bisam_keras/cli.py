@@ -1,0 +1,239 @@
+"""`bisam-keras`: the paper's experiments from the command line.
+
+```
+bisam-keras train                       # offline: ResNet-20 with BiSAM (-log) on bundled digits
+bisam-keras train --dataset cifar10 --data-dir ../shared/data/cifar10 --preset paper-cifar
+bisam-keras compare --methods sgd sam bisam-neglog bisam-tanh --models resnet20 --seeds 0 1 2
+bisam-keras report --output runs
+```
+"""
+
+import argparse
+import json
+import os
+import sys
+
+RUN_FLAGS = {
+    "dataset": str,
+    "data_dir": str,
+    "tfds_dir": str,
+    "model": str,
+    "method": str,
+    "epochs": int,
+    "batch_size": int,
+    "lr": float,
+    "momentum": float,
+    "weight_decay": float,
+    "rho": float,
+    "mu": float,
+    "alpha": float,
+    "eta": float,
+    "label_smoothing": float,
+    "label_noise": float,
+    "micro_batch_size": int,
+    "subset": int,
+    "validation_fraction": float,
+}
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _add_run_flags(parser, several):
+    from bisam_keras import data, models
+    from bisam_keras.experiments import METHODS, PRESETS
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="the paper's hyper-parameters")
+    g.add_argument("--dataset", choices=data.names(), help="default: digits (offline)")
+    g.add_argument("--data-dir", help="a folder of TFRecord shards in the offline format")
+    g.add_argument("--tfds-dir", help="tensorflow-datasets data_dir")
+    if several:
+        g.add_argument("--models", nargs="+", choices=models.names(), metavar="MODEL")
+        g.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD")
+    else:
+        g.add_argument(
+            "--model",
+            choices=models.names(),
+            metavar="MODEL",
+            help="default: resnet20; see `bisam-keras models`",
+        )
+        g.add_argument("--method", choices=METHODS, help="default: bisam-neglog")
+    g.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0")
+    g.add_argument("--epochs", type=_positive_int)
+    g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--lr", type=_non_negative_float)
+    g.add_argument("--momentum", type=_non_negative_float)
+    g.add_argument("--weight-decay", type=_non_negative_float)
+    g.add_argument("--rho", type=_non_negative_float)
+    g.add_argument("--mu", type=float)
+    g.add_argument("--alpha", type=float)
+    g.add_argument("--eta", type=_non_negative_float)
+    g.add_argument("--label-smoothing", type=_fraction)
+    g.add_argument("--label-noise", type=_fraction)
+    g.add_argument("--micro-batch-size", type=_positive_int)
+    g.add_argument("--subset", type=_positive_int, help="use only N training images")
+    g.add_argument("--validation-fraction", type=_fraction)
+    g.add_argument("--output", default="runs", help="folder of the runs (default: runs)")
+    g.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2))
+
+
+def make_configs(args, several=False):
+    """`RunConfig`s from parsed flags: defaults, then the preset, then the flags."""
+    from bisam_keras.experiments import PRESETS, RunConfig
+    from bisam_keras.experiments import methods as methods_lib
+
+    preset = PRESETS.get(args.preset, {}) if args.preset else {}
+    models = (args.models if several else [args.model]) or []
+    models = [m for m in models if m] or [preset.get("model", "resnet20")]
+    methods = (args.methods if several else [args.method]) or []
+    methods = [m for m in methods if m] or ["bisam-neglog"]
+    configs = []
+    for model in models:
+        for method in methods:
+            for seed in args.seeds or [0]:
+                values = {}
+                for key in (
+                    "lr",
+                    "momentum",
+                    "weight_decay",
+                    "batch_size",
+                    "label_smoothing",
+                    "alpha",
+                    "schedule",
+                    "warmup_steps",
+                    "global_clipnorm",
+                    "optimizer",
+                    "swp_probability",
+                    "sds_fraction",
+                    "micro_batch_size",
+                ):
+                    if key in preset:
+                        values[key] = preset[key]
+                if "dataset" in preset:
+                    values["dataset"] = preset["dataset"]
+                if preset:
+                    if "steps" in preset:
+                        values["epochs"] = 1
+                    else:
+                        values["epochs"] = preset["sgd_epochs" if method == "sgd" else "epochs"]
+                    values["rho"] = preset[
+                        "adaptive_rho" if methods_lib.is_adaptive(method) else "rho"
+                    ]
+                    bound = methods_lib.lower_bound_of(method)
+                    if bound:
+                        values["mu"] = preset["mu"][bound]
+                for key in RUN_FLAGS:
+                    value = getattr(args, key, None)
+                    if value is not None:
+                        values[key] = value
+                values.update(model=model, method=method, seed=seed, output=args.output)
+                values["jit_compile"] = args.jit_compile
+                values["verbose"] = (
+                    args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+                )
+                configs.append(RunConfig(**values).validate())
+    return configs
+
+
+def _report(output):
+    from bisam_keras.experiments import plots, protocol, runner
+
+    results = runner.load_results(output)
+    if not results:
+        raise ValueError(f"`output` holds no finished runs (no result.json below {output!r}).")
+    tables = []
+    for metric in ("test_accuracy", "test_top5_accuracy"):
+        rows = protocol.aggregate(results, metric)
+        if rows:
+            tables.append((metric, rows))
+    markdown = "\n".join(protocol.markdown_table(rows) for _, rows in tables)
+    with open(os.path.join(output, "results.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(output, "results.csv"), "w") as f:
+        f.write("".join(protocol.csv_table(rows) for _, rows in tables))
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump(
+            {"runs": results, "summary": [r for _, rows in tables for r in rows]}, f, indent=2
+        )
+    paths = plots.learning_curves(runner.load_histories(output), os.path.join(output, "plots"))
+    print(markdown)
+    print(f"wrote {output}/results.md, results.csv, results.json and {len(paths)} plot(s)")
+    return markdown
+
+
+def _flag_message(message):
+    """Names flags, not Python arguments, in an error message."""
+    for name in list(RUN_FLAGS) + ["output", "preset", "seeds"]:
+        message = message.replace(f"`{name}`", "--" + name.replace("_", "-"))
+    return message
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="bisam-keras",
+        description="BiSAM and the SAM family: the paper's experiments with Keras.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one configuration (one run per seed)")
+    _add_run_flags(train, several=False)
+    compare = sub.add_parser("compare", help="a grid of methods x models x seeds, then a report")
+    _add_run_flags(compare, several=True)
+    report = sub.add_parser("report", help="tables and plots from saved runs")
+    report.add_argument("--output", default="runs")
+    sub.add_parser("models", help="list the model names")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if args.command == "models":
+            from bisam_keras import models
+
+            print("\n".join(models.names()))
+            return 0
+        if args.command == "report":
+            _report(args.output)
+            return 0
+        from bisam_keras.experiments import runner
+
+        configs = make_configs(args, several=args.command == "compare")
+        for config in configs:
+            print(f"== {config.dataset} / {config.model} / {config.method} / seed {config.seed}")
+            result = runner.run(config, resume=args.resume)
+            summary = {k: v for k, v in result.items() if k.startswith(("test_", "val_", "epoch"))}
+            print(json.dumps(summary))
+            if args.command == "train":
+                print(f"run saved in {config.run_dir()} (its config.json holds every setting)")
+        if args.command == "compare" or len(configs) > 1:
+            _report(args.output)
+    except ValueError as error:
+        parser.exit(2, f"bisam-keras {args.command}: error: {_flag_message(str(error))}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

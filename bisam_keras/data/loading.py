@@ -1,0 +1,119 @@
+"""`load`: one call from a dataset name to normalized, batched splits."""
+
+import os
+
+from bisam_keras.data.arrays import digits_arrays, from_arrays
+from bisam_keras.data.catalog import DATASETS, DEFAULT_IMAGE_SIZE, names
+from bisam_keras.data.offline import decode, read_class_names, read_tfrecord_folder, shard_paths
+from bisam_keras.data.pipeline import build_splits, check_arguments
+from bisam_keras.data.tfds_source import load_tfds
+
+
+def _folder_key(data_dir):
+    files = shard_paths(data_dir, "train")
+    return ("folder", os.path.abspath(data_dir), tuple((f, os.path.getmtime(f)) for f in files))
+
+
+def load(
+    name,
+    data_dir=None,
+    batch_size=128,
+    validation_fraction=0.1,
+    seed=0,
+    label_noise=0.0,
+    subset=None,
+    augment=True,
+    image_size=None,
+    tfds_dir=None,
+):
+    """Loads a dataset as normalized, batched train/validation/test splits.
+
+    The training set is split 90/10 (by default) into train and validation with
+    a fixed seed; label noise touches the train part only; every split is
+    normalized with the train part's per-channel mean and std; only the train
+    part is shuffled and augmented.
+
+    Args:
+        name: one of `names()`: `"digits"` (scikit-learn's 8x8 digits, always
+            offline), `"cifar10"`, `"cifar100"`, `"oxford_flowers102"`,
+            `"oxford_iiit_pet"`, `"imagenet2012"`.
+        data_dir: a folder in the offline TFRecord format (see
+            `bisam_keras.data`); `None` reads `name` through tfds. Defaults to `None`.
+        batch_size: examples per batch. Defaults to `128`.
+        validation_fraction: the fraction of the training set held out for
+            validation, in `[0, 1)`. Defaults to `0.1`.
+        seed: seeds the split, the label noise, the shuffling and the
+            augmentation. Defaults to `0`.
+        label_noise: the fraction of train labels replaced by a different label
+            drawn uniformly, in `[0, 1]`. Defaults to `0.0`.
+        subset: keep only the first `subset` training examples (before the
+            split) and the first `subset // 5` test examples. Defaults to `None`.
+        augment: augment the train part (pad-crop-flip for 32x32 images,
+            random-resized crop and flip for ImageNet-style datasets; digits
+            is never augmented). Defaults to `True`.
+        image_size: output side for ImageNet-style datasets (`224` when
+            `None`); must be `None` for digits and CIFAR. Defaults to `None`.
+        tfds_dir: the TFDS data dir. Defaults to `None` (the TFDS default).
+
+    Returns:
+        A `Splits`.
+
+    Raises:
+        ValueError: for an invalid argument, naming it.
+        DatasetUnavailableError: when tfds has neither the prepared dataset nor
+            a way to download it (pass `data_dir=` instead).
+
+    Example:
+
+    >>> splits = load("digits", batch_size=64)
+    >>> splits.num_classes, splits.input_shape
+    (10, (8, 8, 1))
+    """
+    if name not in DATASETS:
+        raise ValueError(f"`name` must be one of {names()}. Received: name={name!r}")
+    spec = DATASETS[name]
+    check_arguments(batch_size, validation_fraction, label_noise, subset, image_size)
+    if spec.style == "small" and image_size is not None:
+        raise ValueError(
+            f"`image_size` only applies to ImageNet-style datasets, not {name!r}. "
+            f"Received: image_size={image_size!r}"
+        )
+    if spec.style == "imagenet" and image_size is None:
+        image_size = DEFAULT_IMAGE_SIZE
+    options = dict(
+        batch_size=batch_size,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        label_noise=label_noise,
+        subset=subset,
+        augment=augment and spec.augment,
+    )
+    if data_dir is None and name == "digits":
+        return from_arrays(*digits_arrays(), name=name, **options)
+    channels = 3 if spec.style == "imagenet" else 0
+    if data_dir is not None:
+        train = read_tfrecord_folder(data_dir, "train", decode_images=False)
+        test = read_tfrecord_folder(data_dir, "test", decode_images=False)
+        class_names, key = read_class_names(data_dir), _folder_key(data_dir)
+        decode_fn = lambda image: decode(image, channels)  # noqa: E731
+    else:
+        encoded = spec.style == "imagenet"
+        train, test, class_names, _ = load_tfds(
+            name, spec.train_split, spec.test_split, tfds_dir, encoded=encoded
+        )
+        key = ("tfds", name, tfds_dir)
+        decode_fn = (lambda image: decode(image, 3)) if encoded else None
+    return build_splits(
+        train,
+        test,
+        name=name,
+        num_classes=len(class_names),
+        class_names=class_names,
+        style=spec.style,
+        decode=decode_fn,
+        image_size=image_size,
+        mean=spec.mean,
+        std=spec.std,
+        stats_key=key,
+        **options,
+    )

@@ -1,0 +1,78 @@
+"""Hyper-parameter presets that reproduce the paper's experiments.
+
+`paper-cifar` (Section 4.1): SGD with momentum 0.9 and weight decay 5e-4,
+batch 128, cosine learning rate from 0.1, label smoothing 0.1, 200 epochs for
+the sharpness-aware methods and 400 for SGD (the same gradient budget),
+`rho = 0.05`, `mu = 1.5` for -log and `mu = 10, alpha = 0.1` for tanh;
+`rho = 2` for the adaptive methods (Appendix A.1) and `beta = gamma = 0.5` for
+the efficient ones (Appendix A.2).
+
+`paper-imagenet` (Section 4.1): 90 epochs, peak learning rate 0.2, batch 512,
+mSAM with micro-batches of 128, `mu = 5` for -log and `mu = 20, alpha = 0.1`
+for tanh.
+
+`paper-finetune` (Section 4.2): AdamW without weight decay, linear schedule
+with 100 warm-up steps to a peak of 1e-4, global-norm clipping at 1, batch
+512, 500 steps, `mu = 4` (-log) / `20` (tanh) as for Flowers.
+"""
+
+PRESETS = {
+    "paper-cifar": {
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "batch_size": 128,
+        "schedule": "cosine",
+        "label_smoothing": 0.1,
+        "epochs": 200,
+        "sgd_epochs": 400,
+        "rho": 0.05,
+        "adaptive_rho": 2.0,
+        "mu": {"neglog": 1.5, "tanh": 10.0},
+        "alpha": 0.1,
+        "swp_probability": 0.5,
+        "sds_fraction": 0.5,
+        "model": "resnet56",
+        "dataset": "cifar10",
+    },
+    "paper-imagenet": {
+        "optimizer": "sgd",
+        "lr": 0.2,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "batch_size": 512,
+        "schedule": "cosine",
+        "label_smoothing": 0.1,
+        "epochs": 90,
+        "sgd_epochs": 90,
+        "rho": 0.05,
+        "adaptive_rho": 2.0,
+        "mu": {"neglog": 5.0, "tanh": 20.0},
+        "alpha": 0.1,
+        "micro_batch_size": 128,
+        "swp_probability": 0.5,
+        "sds_fraction": 0.5,
+        "model": "ResNet50",
+        "dataset": "imagenet2012",
+    },
+    "paper-finetune": {
+        "optimizer": "adamw",
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "batch_size": 512,
+        "schedule": "linear-warmup",
+        "warmup_steps": 100,
+        "steps": 500,
+        "global_clipnorm": 1.0,
+        "label_smoothing": 0.0,
+        "rho": 0.05,
+        "adaptive_rho": 2.0,
+        "mu": {"neglog": 4.0, "tanh": 20.0},
+        "alpha": 0.1,
+        "swp_probability": 0.5,
+        "sds_fraction": 0.5,
+        "model": "vit_b16",
+        "dataset": "oxford_flowers102",
+    },
+}

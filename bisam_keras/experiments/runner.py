@@ -1,0 +1,328 @@
+"""One run of the paper's protocol: data, model, method, training, results.
+
+A run lives in `<output>/<dataset>/<model>/<method>/seed<seed>/`:
+
+- `config.json`: the run's full configuration;
+- `history.csv`: per-epoch training, validation and test metrics (appended
+  across resumes), `tensorboard/`: TensorBoard logs;
+- `best.keras`: the model at the best validation accuracy, `backup/`: the
+  `keras.callbacks.BackupAndRestore` state that `--resume` continues from;
+- `result.json`: the protocol's result, the test metrics of the epoch with the
+  best validation accuracy.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from bisam_keras import data as data_lib
+from bisam_keras import models as models_lib
+from bisam_keras.experiments import methods as methods_lib
+from bisam_keras.experiments import protocol
+from bisam_keras.training import SharpnessAwareModel
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines one run; saved as `config.json` beside it."""
+
+    dataset: str = "digits"
+    model: str = "resnet20"
+    method: str = "bisam-neglog"
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    global_clipnorm: float | None = None
+    label_smoothing: float = 0.1
+    label_noise: float = 0.0
+    rho: float = 0.05
+    mu: float | None = None
+    alpha: float = 0.1
+    eta: float = 0.0
+    swp_probability: float = 0.5
+    sds_fraction: float = 0.5
+    micro_batch_size: int | None = None
+    validation_fraction: float = 0.1
+    subset: int | None = None
+    data_dir: str | None = None
+    tfds_dir: str | None = None
+    output: str = "runs"
+    jit_compile: bool = False
+    verbose: int = 2
+
+    def run_dir(self):
+        return os.path.join(self.output, self.dataset, self.model, self.method, f"seed{self.seed}")
+
+    def validate(self):
+        methods_lib.check_method(self.method)
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+        for name in ("lr", "rho"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {name}={value!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(
+                "`label_smoothing` must be in [0, 1). "
+                f"Received: label_smoothing={self.label_smoothing}"
+            )
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"`optimizer` must be 'sgd' or 'adamw'. Received: {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant", "linear-warmup"):
+            raise ValueError(
+                "`schedule` must be 'cosine', 'constant' or 'linear-warmup'. "
+                f"Received: schedule={self.schedule!r}"
+            )
+        return self
+
+
+class TestEvaluation(keras.callbacks.Callback):
+    """Adds `test_*` metrics to each epoch's logs (the paper's protocol)."""
+
+    def __init__(self, test_data):
+        super().__init__()
+        self.test_data = test_data
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        results = self.model.evaluate(self.test_data, verbose=0, return_dict=True)
+        for name, value in results.items():
+            logs[f"test_{name}"] = float(value)
+
+
+def add_coupled_weight_decay(model, weight_decay):
+    """L2 with gradient `weight_decay * w` on every trainable variable.
+
+    This is PyTorch's `SGD(weight_decay=...)`, which the paper used: the decay
+    goes through momentum, unlike Keras' decoupled `weight_decay`.
+    """
+    if weight_decay > 0:
+        regularizer = keras.regularizers.L2(weight_decay / 2.0)
+        for variable in model.trainable_variables:
+            variable.regularizer = regularizer
+
+
+def learning_rate_schedule(config, total_steps):
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=total_steps)
+    return LinearWarmupDecay(config.lr, min(config.warmup_steps, total_steps), total_steps)
+
+
+@keras.saving.register_keras_serializable(package="bisam_keras")
+class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over `warmup_steps`, then linear decay to 0."""
+
+    def __init__(self, peak, warmup_steps, total_steps):
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        decay = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        up = self.peak * step / warmup
+        down = self.peak * tf.maximum(0.0, 1.0 - (step - self.warmup_steps) / decay)
+        return tf.where(step < self.warmup_steps, up, down)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def build_optimizer(config, total_steps):
+    lr = learning_rate_schedule(config, total_steps)
+    if config.optimizer == "sgd":
+        inner = keras.optimizers.SGD(
+            lr, momentum=config.momentum, global_clipnorm=config.global_clipnorm
+        )
+    else:
+        inner = keras.optimizers.AdamW(
+            lr, weight_decay=config.weight_decay, global_clipnorm=config.global_clipnorm
+        )
+    return methods_lib.make_optimizer(
+        config.method,
+        inner,
+        rho=config.rho,
+        mu=config.mu if methods_lib.lower_bound_of(config.method) else None,
+        alpha=config.alpha,
+        eta=config.eta,
+        swp_probability=config.swp_probability,
+        sds_fraction=config.sds_fraction,
+        micro_batch_size=config.micro_batch_size,
+        seed=config.seed,
+    )
+
+
+def read_history(path):
+    """Per-epoch metrics from `history.csv`, the last row of each epoch winning."""
+    if not os.path.exists(path):
+        return {}
+    rows = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[int(row["epoch"])] = row
+    history = {}
+    for epoch in sorted(rows):
+        for name, value in rows[epoch].items():
+            if name == "epoch":
+                continue
+            history.setdefault(name, []).append(
+                float(value) if value not in ("", None) else math.nan
+            )
+    return history
+
+
+def _one_hot(splits):
+    k = splits.num_classes
+
+    def encode(x, y):
+        return x, tf.one_hot(tf.cast(tf.reshape(y, [-1]), tf.int32), k)
+
+    return (
+        splits.train.map(encode, num_parallel_calls=tf.data.AUTOTUNE),
+        splits.validation.map(encode, num_parallel_calls=tf.data.AUTOTUNE),
+        splits.test.map(encode, num_parallel_calls=tf.data.AUTOTUNE),
+    )
+
+
+def run(config, resume=False, callbacks=()):
+    """Trains one configuration and returns its protocol result.
+
+    Args:
+        config: a `RunConfig`.
+        resume: continue an interrupted run from its `backup/` (and return the
+            saved result of a finished one). Without it, an existing run folder
+            is an error. Defaults to `False`.
+        callbacks: extra Keras callbacks for `fit`.
+
+    Returns:
+        The result dict also written to `result.json`.
+    """
+    config.validate()
+    run_dir = config.run_dir()
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(os.path.join(run_dir, "config.json")) and not resume:
+        raise ValueError(
+            f"`output` already holds this run ({run_dir}); pass --resume to continue "
+            "it or choose another --output."
+        )
+    if resume and os.path.exists(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+
+    keras.utils.set_random_seed(config.seed)
+    splits = data_lib.load(
+        config.dataset,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+        label_noise=config.label_noise,
+        subset=config.subset,
+        tfds_dir=config.tfds_dir,
+    )
+    train, validation, test = _one_hot(splits)
+    inner = models_lib.build(config.model, splits.num_classes, input_shape=splits.input_shape)
+    if config.optimizer == "sgd":
+        add_coupled_weight_decay(inner, config.weight_decay)
+    steps_per_epoch = math.ceil(splits.num_train / config.batch_size)
+    optimizer = build_optimizer(config, config.epochs * steps_per_epoch)
+    model = inner if config.method == "sgd" else SharpnessAwareModel(inner)
+    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if splits.num_classes > 5:
+        metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.label_smoothing
+        ),
+        metrics=metrics,
+        jit_compile=config.jit_compile,
+    )
+    history_path = os.path.join(run_dir, "history.csv")
+    fit_callbacks = [
+        splits.epoch_callback(),
+        TestEvaluation(test),
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(run_dir, "best.keras"), monitor="val_accuracy", save_best_only=True
+        ),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
+        *callbacks,
+    ]
+    start = time.perf_counter()
+    model.fit(
+        train,
+        validation_data=validation,
+        epochs=config.epochs,
+        callbacks=fit_callbacks,
+        shuffle=False,  # the pipeline shuffles, by (seed, epoch)
+        verbose=config.verbose,
+    )
+    seconds = time.perf_counter() - start
+    history = read_history(history_path)
+    result = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "method": config.method,
+        "seed": config.seed,
+        **protocol.selected_metrics(history),
+        "epochs_run": len(history.get("val_accuracy", [])),
+        "train_seconds_last_session": seconds,
+        "num_train": splits.num_train,
+        "num_validation": splits.num_validation,
+        "num_test": splits.num_test,
+        "noisy_label_fraction": splits.noisy_label_fraction,
+    }
+    with open(os.path.join(run_dir, "history.json"), "w") as f:
+        json.dump(history, f, indent=2)
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def load_results(output):
+    """Every `result.json` below `output`."""
+    results = []
+    for root, _, files in os.walk(output):
+        if "result.json" in files:
+            with open(os.path.join(root, "result.json")) as f:
+                results.append(json.load(f))
+    return results
+
+
+def load_histories(output):
+    """`{(dataset, model, method, seed): history}` for every finished run."""
+    histories = {}
+    for root, _, files in os.walk(output):
+        if "result.json" in files and "history.json" in files:
+            with open(os.path.join(root, "result.json")) as f:
+                r = json.load(f)
+            with open(os.path.join(root, "history.json")) as f:
+                histories[(r["dataset"], r["model"], r["method"], r["seed"])] = json.load(f)
+    return histories

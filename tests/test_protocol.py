@@ -1,0 +1,137 @@
+"""The reporting protocol and the method table, against hand-made inputs."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import bisam_keras as bk
+from bisam_keras.experiments import methods, presets, protocol
+
+HISTORY = {
+    "val_accuracy": [0.50, 0.70, 0.65, 0.70, 0.69],
+    "test_accuracy": [0.48, 0.66, 0.67, 0.71, 0.70],
+    "test_top5_accuracy": [0.9, 0.95, 0.96, 0.97, 0.98],
+    "loss": [2.0, 1.5, 1.2, 1.0, 0.9],
+}
+
+
+def test_best_epoch_is_first_maximum_of_validation_accuracy():
+    # Epochs 2 and 4 tie at 0.70: the paper's rule keeps the first.
+    assert protocol.best_epoch(HISTORY) == 1
+    assert protocol.best_epoch(HISTORY, monitor="test_accuracy") == 3
+
+
+def test_selected_metrics_reads_test_metrics_at_best_validation_epoch():
+    selected = protocol.selected_metrics(HISTORY)
+    assert selected == {
+        "epoch": 2,
+        "val_accuracy": 0.70,
+        "test_accuracy": 0.66,
+        "test_top5_accuracy": 0.95,
+    }
+
+
+def test_best_epoch_ignores_nan_and_rejects_missing_monitor():
+    assert protocol.best_epoch({"val_accuracy": [math.nan, 0.2, 0.1]}) == 1
+    with pytest.raises(ValueError, match="monitor"):
+        protocol.best_epoch({"loss": [1.0]})
+
+
+def test_mean_std_matches_numpy_sample_std():
+    values = [0.9428, 0.9401, 0.9466, 0.9390]
+    mean, std = protocol.mean_std(values)
+    assert mean == pytest.approx(np.mean(values), abs=1e-15)
+    assert std == pytest.approx(np.std(values, ddof=1), abs=1e-15)
+    assert protocol.mean_std([0.5]) == (0.5, 0.0)
+
+
+def _result(model, method, seed, acc):
+    return {
+        "dataset": "cifar10",
+        "model": model,
+        "method": method,
+        "seed": seed,
+        "test_accuracy": acc,
+    }
+
+
+def test_aggregate_groups_by_configuration_in_paper_order():
+    results = [
+        _result("resnet56", "sam", 0, 0.94),
+        _result("resnet56", "bisam-neglog", 0, 0.95),
+        _result("resnet56", "sam", 1, 0.92),
+        _result("resnet56", "bisam-neglog", 1, 0.93),
+        _result("resnet56", "sgd", 0, 0.90),
+    ]
+    rows = protocol.aggregate(results)
+    assert [r["method"] for r in rows] == ["sgd", "sam", "bisam-neglog"]
+    sam = rows[1]
+    assert sam["mean"] == pytest.approx(0.93)
+    assert sam["std"] == pytest.approx(np.std([0.94, 0.92], ddof=1))
+    assert sam["seeds"] == [0, 1]
+
+
+def test_markdown_table_has_paper_layout_and_bold_best():
+    rows = protocol.aggregate(
+        [
+            _result("resnet56", "sam", 0, 0.9409),
+            _result("resnet56", "bisam-neglog", 0, 0.9428),
+            _result("wrn28_2", "sam", 0, 0.9600),
+            _result("wrn28_2", "bisam-neglog", 0, 0.9602),
+        ]
+    )
+    table = protocol.markdown_table(rows)
+    lines = table.splitlines()
+    assert "| Model | SAM | BiSAM (-log) |" in lines
+    assert "| resnet56 | 94.09 ± 0.00 | **94.28 ± 0.00** |" in lines
+    assert "| wrn28_2 | 96.00 ± 0.00 | **96.02 ± 0.00** |" in lines
+    csv_text = protocol.csv_table(rows)
+    assert csv_text.splitlines()[0] == "dataset,model,method,metric,mean,std,seeds"
+    assert len(csv_text.splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    "method, cls, adaptive, efficient, bound",
+    [
+        ("sgd", keras.optimizers.SGD, False, False, None),
+        ("sam", bk.SAM, False, False, None),
+        ("bisam-neglog", bk.BiSAM, False, False, "neglog"),
+        ("bisam-tanh", bk.BiSAM, False, False, "tanh"),
+        ("asam", bk.SAM, True, False, None),
+        ("a-bisam-neglog", bk.BiSAM, True, False, "neglog"),
+        ("a-bisam-tanh", bk.BiSAM, True, False, "tanh"),
+        ("esam", bk.SAM, False, True, None),
+        ("e-bisam-neglog", bk.BiSAM, False, True, "neglog"),
+        ("e-bisam-tanh", bk.BiSAM, False, True, "tanh"),
+    ],
+)
+def test_every_method_builds_the_paper_algorithm(method, cls, adaptive, efficient, bound):
+    opt = methods.make_optimizer(method, keras.optimizers.SGD(0.1), rho=0.05)
+    assert type(opt) is cls
+    if cls is keras.optimizers.SGD:
+        return
+    assert opt.adaptive is adaptive
+    assert (opt.swp_probability, opt.sds_fraction) == ((0.5, 0.5) if efficient else (1.0, 1.0))
+    if bound:
+        assert opt.lower_bound == bound
+        assert opt.mu == {"neglog": 1.5, "tanh": 10.0}[bound]
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="method='adam'"):
+        methods.make_optimizer("adam", keras.optimizers.SGD())
+
+
+def test_paper_cifar_preset_matches_section_4_1():
+    p = presets.PRESETS["paper-cifar"]
+    assert (p["lr"], p["momentum"], p["weight_decay"], p["batch_size"]) == (0.1, 0.9, 5e-4, 128)
+    assert (p["epochs"], p["sgd_epochs"], p["label_smoothing"]) == (200, 400, 0.1)
+    assert (p["rho"], p["adaptive_rho"], p["mu"], p["alpha"]) == (
+        0.05,
+        2.0,
+        {"neglog": 1.5, "tanh": 10.0},
+        0.1,
+    )
+    assert (p["swp_probability"], p["sds_fraction"]) == (0.5, 0.5)
