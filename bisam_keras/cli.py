@@ -95,6 +95,19 @@ def _add_run_flags(parser, several):
     g.add_argument("--output", default="runs", help="folder of the runs (default: runs)")
     g.add_argument("--resume", action="store_true", help="continue interrupted runs")
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument(
+        "--strategy",
+        choices=("auto", "mirrored", "multiworker", "none"),
+        default="auto",
+        help="tf.distribute strategy; auto: MirroredStrategy over several GPUs "
+        "(--batch-size is the global batch)",
+    )
+    g.add_argument(
+        "--sync-perturbation",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="all-reduce the ascent gradient across replicas (default: per-replica)",
+    )
     g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2))
 
 
@@ -149,6 +162,8 @@ def make_configs(args, several=False):
                         values[key] = value
                 values.update(model=model, method=method, seed=seed, output=args.output)
                 values["jit_compile"] = args.jit_compile
+                values["strategy"] = args.strategy
+                values["sync_perturbation"] = args.sync_perturbation
                 values["verbose"] = (
                     args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
                 )
@@ -224,8 +239,11 @@ def main(argv=None):
         for config in configs:
             print(f"== {config.dataset} / {config.model} / {config.method} / seed {config.seed}")
             result = runner.run(config, resume=args.resume)
-            summary = {k: v for k, v in result.items() if k.startswith(("test_", "val_", "epoch"))}
-            print(json.dumps(summary))
+            print(
+                f"best validation accuracy {100 * result['val_accuracy']:.2f}% at epoch "
+                f"{result['epoch']}/{result['epochs_run']}: test accuracy "
+                f"{100 * result['test_accuracy']:.2f}%"
+            )
             if args.command == "train":
                 print(f"run saved in {config.run_dir()} (its config.json holds every setting)")
         if args.command == "compare" or len(configs) > 1:

@@ -204,3 +204,15 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--output", str(tmp_path), "--verbose", "0"])
     assert "--resume" in capsys.readouterr().err
+
+
+def test_strategy_flag_runs_under_mirrored_strategy(tmp_path):
+    # Two logical CPU devices (tests/conftest.py): the global batch of 64 is
+    # split over both replicas, and the run is the same protocol.
+    args = ["train", *SMALL, "--epochs", "1", "--strategy", "mirrored", "--output", str(tmp_path)]
+    assert cli.main(args) == 0
+    (result,) = runner.load_results(str(tmp_path))
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["epochs_run"] == 1
+    config = json.load(open(os.path.join(RunConfig(output=str(tmp_path)).run_dir(), "config.json")))
+    assert config["strategy"] == "mirrored"
+    assert runner.make_strategy("mirrored").num_replicas_in_sync == 2

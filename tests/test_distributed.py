@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 import bisam_keras as bk
+from bisam_keras.experiments import runner
 
 GLOBAL_BATCH = 16
 RNG = np.random.default_rng(0)
@@ -27,14 +28,13 @@ X = RNG.normal(size=(4 * GLOBAL_BATCH, 6)).astype("float32")
 Y = RNG.integers(0, 3, size=(4 * GLOBAL_BATCH,))
 
 
-@functools.cache
 def _mirrored():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    return tf.distribute.MirroredStrategy(devices) if len(devices) == 2 else None
+    strategy = runner.make_strategy("mirrored")
+    return strategy if strategy.num_replicas_in_sync == 2 else None
 
 
 def mirrored():
-    # One strategy for the whole session: collective instance keys of
+    # One strategy for the whole session (shared with the CLI's runs):
     # separate MirroredStrategy objects over the same devices can collide.
     strategy = _mirrored()
     if strategy is None:

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from bisam_keras import models
+from bisam_keras.experiments import runner
 
 # Every model function of `keras.applications` in Keras 3.15, written out by hand.
 KERAS_APPLICATIONS = [
@@ -248,7 +249,9 @@ def test_sync_batchnorm(name):
 
 @pytest.mark.slow
 def test_sync_batchnorm_runs_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # The session's one MirroredStrategy over the two logical CPUs (a second
+    # strategy over the same devices can mix up collective operations).
+    strategy = runner.make_strategy("mirrored")
     with strategy.scope():
         model = models.build("resnet20", 10, sync_batchnorm=True)
     images = tf.random.stateless_normal((4, 32, 32, 3), seed=(1, 2))

@@ -70,6 +70,7 @@ def make_optimizer(
     swp_probability=0.5,
     sds_fraction=0.5,
     micro_batch_size=None,
+    sync_perturbation=False,
     seed=None,
 ):
     """The optimizer for `method`, wrapping `inner_optimizer`.
@@ -85,6 +86,7 @@ def make_optimizer(
         adaptive=is_adaptive(method),
         eta=eta,
         micro_batch_size=micro_batch_size,
+        sync_perturbation=sync_perturbation,
         seed=seed,
     )
     if is_efficient(method):

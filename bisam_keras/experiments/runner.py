@@ -13,6 +13,7 @@ A run lives in `<output>/<dataset>/<model>/<method>/seed<seed>/`:
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -60,6 +61,8 @@ class RunConfig:
     tfds_dir: str | None = None
     output: str = "runs"
     jit_compile: bool = False
+    strategy: str = "auto"
+    sync_perturbation: bool = False
     verbose: int = 2
 
     def run_dir(self):
@@ -82,12 +85,43 @@ class RunConfig:
             )
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"`optimizer` must be 'sgd' or 'adamw'. Received: {self.optimizer!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"`strategy` must be one of {list(STRATEGIES)}. "
+                f"Received: strategy={self.strategy!r}"
+            )
         if self.schedule not in ("cosine", "constant", "linear-warmup"):
             raise ValueError(
                 "`schedule` must be 'cosine', 'constant' or 'linear-warmup'. "
                 f"Received: schedule={self.schedule!r}"
             )
         return self
+
+
+STRATEGIES = ("auto", "mirrored", "multiworker", "none")
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy for `--strategy`.
+
+    `auto` is `MirroredStrategy` over all visible GPUs when there are several,
+    else the default strategy; `mirrored` uses all local GPUs (or the CPU);
+    `multiworker` reads the cluster from `TF_CONFIG`. One instance of each
+    per process: separate strategies over the same devices can mix up their
+    collective operations.
+    """
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
+        return _shared_strategy("mirrored")
+    if name == "multiworker":
+        return _shared_strategy("multiworker")
+    return tf.distribute.get_strategy()
+
+
+@functools.cache
+def _shared_strategy(name):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 class TestEvaluation(keras.callbacks.Callback):
@@ -170,6 +204,7 @@ def build_optimizer(config, total_steps):
         swp_probability=config.swp_probability,
         sds_fraction=config.sds_fraction,
         micro_batch_size=config.micro_batch_size,
+        sync_perturbation=config.sync_perturbation,
         seed=config.seed,
     )
 
@@ -246,23 +281,24 @@ def run(config, resume=False, callbacks=()):
         tfds_dir=config.tfds_dir,
     )
     train, validation, test = _one_hot(splits)
-    inner = models_lib.build(config.model, splits.num_classes, input_shape=splits.input_shape)
-    if config.optimizer == "sgd":
-        add_coupled_weight_decay(inner, config.weight_decay)
     steps_per_epoch = math.ceil(splits.num_train / config.batch_size)
-    optimizer = build_optimizer(config, config.epochs * steps_per_epoch)
-    model = inner if config.method == "sgd" else SharpnessAwareModel(inner)
-    metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-    if splits.num_classes > 5:
-        metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(
-            from_logits=True, label_smoothing=config.label_smoothing
-        ),
-        metrics=metrics,
-        jit_compile=config.jit_compile,
-    )
+    with make_strategy(config.strategy).scope():
+        inner = models_lib.build(config.model, splits.num_classes, input_shape=splits.input_shape)
+        if config.optimizer == "sgd":
+            add_coupled_weight_decay(inner, config.weight_decay)
+        optimizer = build_optimizer(config, config.epochs * steps_per_epoch)
+        model = inner if config.method == "sgd" else SharpnessAwareModel(inner)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        if splits.num_classes > 5:
+            metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=config.label_smoothing
+            ),
+            metrics=metrics,
+            jit_compile=config.jit_compile,
+        )
     history_path = os.path.join(run_dir, "history.csv")
     fit_callbacks = [
         splits.epoch_callback(),
