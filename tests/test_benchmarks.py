@@ -1,0 +1,120 @@
+"""The benchmark scripts run end to end and write the JSON they promise.
+
+Each runs in a fresh process: `scaling.py` must configure logical CPU devices
+before TensorFlow starts, and this test session has already started it (see
+`conftest.py`). The sizes are tiny; only the keys and that every timing is a
+positive finite number are checked, not the timings themselves.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHON": sys.executable}
+
+
+def run(command, timeout):
+    process = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return process
+
+
+def assert_positive_numbers(tree):
+    """Every number in `tree` (nested dicts) is finite and > 0; returns how many."""
+    if isinstance(tree, dict):
+        return sum(assert_positive_numbers(value) for value in tree.values())
+    assert isinstance(tree, float) and math.isfinite(tree) and tree > 0, tree
+    return 1
+
+
+def check_loss_overhead(result):
+    methods = {"ce_keras", "ce_tf", "neglog", "tanh"}
+    assert set(result["seconds"]) == methods
+    for modes in result["seconds"].values():
+        assert set(modes) == {"eager", "function", "xla"}
+        assert set(modes["eager"]) == {"per_call"}
+        assert set(modes["function"]) == set(modes["xla"]) == {"per_call", "looped"}
+    assert assert_positive_numbers(result["seconds"]) == 4 * 5
+    assert assert_positive_numbers(result["ratios"]) == 4 * 5
+    assert set(result["ratios"]["xla"]["looped"]) == {
+        "neglog/ce_keras",
+        "neglog/ce_tf",
+        "tanh/ce_keras",
+        "tanh/ce_tf",
+    }
+    assert isinstance(result["target"]["met"], bool)
+
+
+def check_scaling(result, methods, devices):
+    assert set(result["results"]) == set(methods)
+    for rows in result["results"].values():
+        assert set(rows) == {str(n) for n in devices}
+        for row in rows.values():
+            assert set(row) == {"step_ms", "images_per_s", "efficiency"}
+            assert_positive_numbers(row)
+        assert rows[str(min(devices))]["efficiency"] == pytest.approx(1.0)
+    assert result["config"]["device_kind"] in ("CPU", "GPU")
+    if result["config"]["device_kind"] == "CPU":
+        assert "share the same physical cores" in result["note"]
+
+
+@pytest.mark.slow
+def test_loss_overhead_writes_every_mode_and_ratio(tmp_path):
+    path = tmp_path / "loss.json"
+    script = BENCHMARKS / "loss_overhead.py"
+    process = run([sys.executable, script, "--repetitions", "5", "--json", path], timeout=240)
+    assert "target" in process.stdout
+    result = json.loads(path.read_text())
+    check_loss_overhead(result)
+    assert result["config"]["repetitions"] == 5 and result["config"]["trials"] == 3
+
+
+@pytest.mark.slow
+def test_scaling_on_two_logical_cpus(tmp_path):
+    path = tmp_path / "scaling.json"
+    args = ["--devices", "1", "2", "--batch-per-replica", "4", "--methods", "sam"]
+    args += ["--rounds", "1", "--steps", "2", "--warmup", "1", "--json", path]
+    process = run([sys.executable, BENCHMARKS / "scaling.py", *args], timeout=240)
+    result = json.loads(path.read_text())
+    check_scaling(result, ["sam"], [1, 2])
+    assert result["config"]["batch_per_replica"] == 4
+    if result["config"]["device_kind"] == "CPU":
+        assert "NOTE: logical CPU devices share the same physical cores" in process.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_prints_one_json_summary(tmp_path):
+    process = subprocess.run(  # not run(): the summary must be printed even on failure
+        ["bash", BENCHMARKS / "gpu_check.sh", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env={**ENV, "OUT": str(tmp_path)},
+    )
+    summary = json.loads(process.stdout.strip().splitlines()[-1])
+    assert process.returncode == 0 and summary["ok"], process.stderr[-3000:]
+    assert summary["dry_run"] is True and summary["failed"] == []
+    parts = summary["parts"]
+    assert set(parts) == {"mixed_precision", "epoch_time", "mirrored", "loss_overhead"}
+    for part in parts.values():
+        assert part["exit_status"] == 0 and part["seconds"] >= 0
+
+    mixed = parts["mixed_precision"]["result"]
+    assert mixed["policy"] == "mixed_float16" and mixed["jit_compile"]
+    assert mixed["loss_scale_optimizer"] and mixed["loss_finite"]
+    assert_positive_numbers({k: mixed[k] for k in ("loss", "dynamic_scale", "step_ms")})
+
+    epoch = parts["epoch_time"]["result"]
+    assert {"sgd", "sam", "bisam_neglog"} <= set(epoch["epoch_s_estimate"])
+    assert epoch["steps_per_epoch"] == math.ceil(50_000 / epoch["config"]["batch_size"])
+    assert_positive_numbers(epoch["epoch_s_estimate"])
+
+    check_scaling(parts["mirrored"]["result"], ["bisam_neglog"], [1, 2])
+    check_loss_overhead(parts["loss_overhead"]["result"])
+    assert (tmp_path / "gpu_check" / "summary.json").exists()
