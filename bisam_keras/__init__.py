@@ -14,7 +14,7 @@ model.fit(train_ds, epochs=200)
 ```
 """
 
-from bisam_keras import data, losses, models
+from bisam_keras import data, experiments, losses, models
 from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer
 from bisam_keras.training import SharpnessAwareMixin, SharpnessAwareModel
 
@@ -27,6 +27,7 @@ __all__ = [
     "SharpnessAwareModel",
     "SharpnessAwareOptimizer",
     "data",
+    "experiments",
     "losses",
     "models",
 ]
