@@ -110,11 +110,16 @@ RTOL, ATOL = 1e-5, 1e-6
 PARAMS = [
     ("neglog", 1.5, 0.1),
     ("neglog", 0.5, 0.1),
+    ("neglog", 4.0, 0.1),
     ("neglog", 10.0, 0.1),
+    ("neglog", 0.7, 0.1),
     ("tanh", 10.0, 0.1),
     ("tanh", 1.0, 0.5),
     ("tanh", 25.0, 2.0),
+    ("tanh", 0.3, 0.5),
 ]
+"""Every kernel: -log with half-integer `mu` (square roots) and any `mu` (log
+domain); tanh with `mu >= 1` and with `mu < 1` (expm1/log1p)."""
 
 
 # --------------------------------------------------------------------------- #
@@ -329,6 +334,8 @@ def test_correct_rows_nonpositive_and_wrong_rows_below_one():
     "bound,mu,alpha",
     [
         ("neglog", 0.05, 0.1),
+        ("neglog", 0.5, 0.1),
+        ("neglog", 1.5, 0.1),
         ("neglog", 50.0, 0.1),
         ("tanh", 0.05, 10.0),
         ("tanh", 50.0, 1e-3),
@@ -653,24 +660,27 @@ def test_bad_input_under_jit_gives_nan_rows(bound):
 # --------------------------------------------------------------------------- #
 
 
-def _xla_args(bound="neglog", from_logits=True):
+def _xla_args(bound="neglog", from_logits=True, mu=1.5):
     logits, labels = random_case(seed=22, batch=3, k=4)
     return (
         tf.constant(logits),
         tf.constant(labels, tf.int32),
-        tf.constant(1.5, tf.float32),
+        tf.constant(mu, tf.float32),
         tf.constant(0.1, tf.float32),
         bound,
         from_logits,
+        lower_bounds._fast_path(bound, mu),
     )
 
 
-@pytest.mark.parametrize("bound", ["neglog", "tanh"])
+@pytest.mark.parametrize(
+    "bound,mu", [("neglog", 1.5), ("neglog", 0.7), ("tanh", 10.0), ("tanh", 0.3)]
+)
 @pytest.mark.parametrize("from_logits", [True, False])
-def test_core_is_xla_compiled(bound, from_logits):
+def test_core_is_xla_compiled(bound, mu, from_logits):
     fn = lower_bounds._lower_bound_xla
     assert isinstance(fn, tf.types.experimental.PolymorphicFunction)
-    args = _xla_args(bound, from_logits)
+    args = _xla_args(bound, from_logits, mu)
     cf = fn.get_concrete_function(*args)
     assert cf.function_def.attr["_XlaMustCompile"].b is True
     hlo = fn.experimental_get_compiler_ir(*args)(stage="hlo")
@@ -712,3 +722,42 @@ def test_gradient_of_loss_class_with_sample_weight():
     grad = tape.gradient(value, x).numpy()
     expected = np_grad_q(labels, logits, "neglog", 2.0) * w[:, None] / 4
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def _transcendental_ops(fn):
+    """Counts of transcendental HLO ops in XLA's optimized forward+backward."""
+    x = tf.constant(random_case(seed=24, batch=8, k=10)[0])
+    y = tf.constant(np.arange(8) % 10)
+
+    def forward_backward(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(fn(y, x))
+        return loss, tape.gradient(loss, x)
+
+    hlo = tf.function(forward_backward, jit_compile=True).experimental_get_compiler_ir(x, y)(
+        stage="optimized_hlo"
+    )
+    ops = ("exponential", "exponential-minus-one", "log", "log-plus-one", "logistic", "power")
+    return {op: len(re.findall(rf"\b{op}\(", hlo)) for op in ops + ("sqrt", "tanh")}
+
+
+def test_default_kernels_use_one_exponential_per_logit():
+    # A graph guard, not a timing: the closed-form gradients reuse the forward
+    # values, so the default bounds cost one exponential per logit, like
+    # cross-entropy (log and log1p only act once per row, on reductions).
+    neglog = _transcendental_ops(bl.neglog_lower_bound)
+    assert neglog["exponential"] == 1 and neglog["sqrt"] == 1, neglog
+    assert neglog["exponential-minus-one"] == neglog["logistic"] == neglog["power"] == 0, neglog
+    tanh = _transcendental_ops(bl.tanh_lower_bound)
+    assert tanh["exponential"] == 1 and tanh["tanh"] == 1, tanh
+    assert tanh["exponential-minus-one"] == tanh["logistic"] == tanh["power"] == 0, tanh
+
+
+@pytest.mark.parametrize(
+    "bound,mu,expected",
+    [("neglog", 1.5, 3), ("neglog", 0.5, 1), ("neglog", 4.0, 8), ("neglog", 0.7, 0),
+     ("neglog", 10.0, 0), ("tanh", 10.0, 1), ("tanh", 1.0, 1), ("tanh", 0.3, 0)],
+)  # fmt: skip
+def test_kernel_choice_for_mu(bound, mu, expected):
+    assert lower_bounds._fast_path(bound, mu) == expected

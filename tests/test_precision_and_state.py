@@ -547,6 +547,7 @@ def test_lower_bound_function_is_xla_compiled():
         tf.constant(0.1),
         "neglog",
         True,
+        3,
     )
     assert concrete.function_def.attr["_XlaMustCompile"].b is True
     # And it computes Q_i: compare with the hand formula.
@@ -559,6 +560,7 @@ def test_lower_bound_function_is_xla_compiled():
         tf.constant(0.1),
         "neglog",
         True,
+        3,  # the half-integer kernel for mu = 3 / 2
     ).numpy()
     margins = logits.astype(np.float64) - logits[np.arange(2), labels][:, None]
     phi = 1.0 - np.logaddexp(0.0, GAMMA - margins)

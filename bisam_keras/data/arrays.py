@@ -26,14 +26,22 @@ def from_arrays(
     Args:
         x: training images `(n, height, width, channels)`, any numeric dtype.
         y: training labels `(n,)`, ints in `[0, num_classes)`.
-        x_test, y_test: test images and labels; `None` for an empty test split.
-            Defaults to `None`.
+        x_test: test images; `None` for an empty test split. Defaults to `None`.
+        y_test: test labels, given with `x_test`. Defaults to `None`.
         class_names: the class names, index = label; `None` names them `"0"`,
             `"1"`, ... up to the largest label. Defaults to `None`.
         name: recorded in `Splits.name`. Defaults to `"arrays"`.
+        batch_size: examples per batch, as in `load`. Defaults to `128`.
+        validation_fraction: the fraction of `x` held out for validation, as
+            in `load`. Defaults to `0.1`.
+        seed: seeds the split, the label noise, the shuffling and the
+            augmentation, as in `load`. Defaults to `0`.
+        label_noise: the fraction of train labels replaced, as in `load`.
+            Defaults to `0.0`.
+        subset: keep only the first `subset` training examples, as in `load`.
+            Defaults to `None`.
         augment: apply `cifar_augment` (pad 4, crop, flip) to the training
             part. Defaults to `True`.
-        The other arguments are those of `load`.
 
     Returns:
         A `Splits`.

@@ -76,3 +76,11 @@ PRESETS = {
         "dataset": "oxford_flowers102",
     },
 }
+"""The paper's hyper-parameters, by `--preset` name.
+
+Each preset maps `RunConfig` fields to values, plus `sgd_epochs` (the epochs of
+the `sgd` method), `adaptive_rho` (the `rho` of the adaptive methods), `mu` as
+`{"neglog": ..., "tanh": ...}`, the default `model` and `dataset`, and for
+fine-tuning `steps`, the paper's length in steps.
+Explicit flags override a preset.
+"""

@@ -31,7 +31,53 @@ from bisam_keras.training import SharpnessAwareModel
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything that defines one run; saved as `config.json` beside it."""
+    """Everything that defines one run; saved as `config.json` beside it.
+
+    Every field but `optimizer`, `schedule`, `warmup_steps`, `global_clipnorm`,
+    `swp_probability` and `sds_fraction` has a `bisam-keras train` flag of the
+    same name (`--batch-size` for `batch_size`, ...); the defaults below are
+    those of the command line without a preset.
+
+    Attributes:
+        dataset: a name from `bisam_keras.data.names()`. Defaults to `"digits"`.
+        model: a name from `bisam_keras.models.names()`. Defaults to `"resnet20"`.
+        method: one of `METHODS`. Defaults to `"bisam-neglog"`.
+        seed: seeds the data split, label noise, shuffling, augmentation,
+            initialization and stochastic perturbation. Defaults to `0`.
+        epochs: training epochs. Defaults to `10`.
+        batch_size: the global batch size. Defaults to `128`.
+        lr: the (peak) learning rate. Defaults to `0.1`.
+        momentum: SGD momentum. Defaults to `0.9`.
+        weight_decay: coupled L2 on every trainable variable for SGD, the
+            decoupled decay of AdamW. Defaults to `5e-4`.
+        optimizer: `"sgd"` or `"adamw"`. Defaults to `"sgd"`.
+        schedule: `"cosine"` (decay to 0 over the run), `"constant"` or
+            `"linear-warmup"` (`LinearWarmupDecay`). Defaults to `"cosine"`.
+        warmup_steps: warm-up steps of `"linear-warmup"`. Defaults to `0`.
+        global_clipnorm: gradient clipping by global norm, or `None`.
+            Defaults to `None`.
+        label_smoothing: of the cross-entropy, in `[0, 1)`. Defaults to `0.1`.
+        label_noise: fraction of training labels corrupted. Defaults to `0.0`.
+        rho: the perturbation radius. Defaults to `0.05`.
+        mu: the lower bound's temperature; `None` for the bound's default.
+            Defaults to `None`.
+        alpha: the tanh bound's slope. Defaults to `0.1`.
+        eta: the adaptive methods' offset. Defaults to `0.0`.
+        swp_probability: `beta` of the efficient methods. Defaults to `0.5`.
+        sds_fraction: `gamma` of the efficient methods. Defaults to `0.5`.
+        micro_batch_size: mSAM's micro-batch size, or `None`. Defaults to `None`.
+        validation_fraction: held out for model selection. Defaults to `0.1`.
+        subset: use only this many training examples, or `None`. Defaults to `None`.
+        data_dir: an offline TFRecord folder, or `None` for tfds. Defaults to `None`.
+        tfds_dir: the tensorflow-datasets data dir. Defaults to `None`.
+        output: the folder of the runs. Defaults to `"runs"`.
+        jit_compile: compile the train step with XLA. Defaults to `False`.
+        strategy: `"auto"`, `"mirrored"`, `"multiworker"` or `"none"`.
+            Defaults to `"auto"`.
+        sync_perturbation: all-reduce the ascent gradient across replicas.
+            Defaults to `False`.
+        verbose: `fit`'s verbosity. Defaults to `2`.
+    """
 
     dataset: str = "digits"
     model: str = "resnet20"

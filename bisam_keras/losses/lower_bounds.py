@@ -46,15 +46,154 @@ def phi_neglog(x):
     return 1.0 - tf.math.softplus(NEGLOG_GAMMA - x)
 
 
+# Largest `gamma - F` kept in `exp(gamma - F)`: far beyond where the term matters
+# (its weight is below e^-80), and the exponential stays finite in float32.
+_MAX_EXPONENT = 80.0
+
+# `mu` values whose power `r**mu` is computed with square roots and products:
+# the half-integers 1/2 ... 4, which include the paper's grid for the -log bound.
+_HALF_INTEGER_MU = tuple(n / 2 for n in range(1, 9))
+
+
+def _margins(scores, one_hot):
+    """`F_ij = s_ij - s_iy`: the margin of every class over the true one."""
+    return scores - tf.reduce_sum(scores * one_hot, axis=-1, keepdims=True)
+
+
+def _half_integer_power(r, twice_mu):
+    """`r ** (twice_mu / 2)` with one square root and products (exact for r=1)."""
+    whole, half = divmod(twice_mu, 2)
+    out = tf.sqrt(r) if half else None
+    for _ in range(whole):
+        out = r if out is None else out * r
+    return out
+
+
+def _chain_to_scores(grad_margins, one_hot):
+    """dQ/ds from dQ/dF, since `F_ij = s_ij - s_iy`."""
+    return grad_margins - one_hot * tf.reduce_sum(grad_margins, axis=-1, keepdims=True)
+
+
+def _neglog_q(scores, one_hot, mu, twice_mu):
+    """`Q_i` for the -log bound, and its gradient, in closed form.
+
+    With `t_j = exp(gamma - F_j)`, `phi(F_j) = 1 - log(1 + t_j)` and so
+    `exp(mu * phi(F_j)) = e^mu * (1 + t_j)^-mu`. Scaling every term by the
+    largest one (the smallest `t`, `t_min`) gives ratios `r_j in (0, 1]`:
+
+    ```
+    r_j = (1 + t_min) / (1 + t_j)
+    Q_i = phi(F_max) + (1/mu) * log(mean_j r_j^mu)
+    dQ_i/dF_j = p_j * phi'(F_j),  p = r^mu / sum(r^mu),  phi'(F_j) = t_j / (1 + t_j)
+    ```
+
+    One exponential per logit (plus a square root for half-integer `mu`)
+    where the textbook form needs three transcendentals forward and two more
+    backward; the gradient reuses the forward values. `twice_mu` is `2 * mu`
+    when it is an integer in 1..8 (the power is then a square root and
+    products), else 0: `r^mu - 1 = expm1(mu * log r)`, and `log1p` of the
+    mean keeps `Q` exact for small `mu`.
+    """
+
+    if not twice_mu:
+        return _neglog_q_any_mu(scores, one_hot, mu)
+
+    @tf.custom_gradient
+    def q_of(s):
+        # Clipping `gamma - F` at 80 changes only terms below e^-40 (mu >= 1/2)
+        # of the largest one: they vanish in float32 either way.
+        t = tf.exp(tf.minimum(NEGLOG_GAMMA - _margins(s, one_hot), _MAX_EXPONENT))
+        t_min = tf.reduce_min(t, axis=-1, keepdims=True)
+        r = (1.0 + t_min) / (1.0 + t)
+        terms = _half_integer_power(r, twice_mu)
+        total = tf.reduce_sum(terms, axis=-1)
+        num_classes = tf.cast(tf.shape(s)[-1], tf.float32)
+        q = 1.0 - tf.math.log1p(t_min[:, 0]) + tf.math.log(total / num_classes) / mu
+
+        def grad(upstream):
+            # phi'(F_j) = t_j / (1 + t_j) = t_j * r_j / (1 + t_min): no new division.
+            scale = upstream / (total * (1.0 + t_min[:, 0]))
+            return _chain_to_scores(scale[:, None] * terms * (t * r), one_hot)
+
+        return q, grad
+
+    return q_of(scores)
+
+
+def _neglog_q_any_mu(scores, one_hot, mu):
+    """`_neglog_q` for any `mu`, in the log domain: `log r_j = sp_min - sp_j`.
+
+    `sp_j = softplus(gamma - F_j) = log(1 + t_j)` is exact for any margin, so
+    no term is clipped (for small `mu`, `r^mu` decays slowly). `expm1` and
+    `log1p` keep `Q` exact where `1/mu` would magnify rounding.
+    """
+
+    @tf.custom_gradient
+    def q_of(s):
+        sp = tf.math.softplus(NEGLOG_GAMMA - _margins(s, one_hot))
+        sp_min = tf.reduce_min(sp, axis=-1, keepdims=True)
+        terms_minus_one = tf.math.expm1(mu * (sp_min - sp))
+        terms = terms_minus_one + 1.0
+        total = tf.reduce_sum(terms, axis=-1)
+        q = 1.0 - sp_min[:, 0] + tf.math.log1p(tf.reduce_mean(terms_minus_one, axis=-1)) / mu
+
+        def grad(upstream):
+            dphi = -tf.math.expm1(-sp)  # t / (1 + t)
+            return _chain_to_scores((upstream / total)[:, None] * terms * dphi, one_hot)
+
+        return q, grad
+
+    return q_of(scores)
+
+
+def _tanh_q(scores, one_hot, mu, alpha, precise):
+    """`Q_i` for the tanh bound, and its gradient, in closed form.
+
+    ```
+    u_j = tanh(alpha * F_j),   e_j = exp(mu * (u_j - max_j u_j))
+    Q_i = max_j u_j + (1/mu) * log(mean_j e_j)
+    dQ_i/dF_j = (e_j / sum(e)) * alpha * (1 - u_j^2)
+    ```
+
+    With `precise` (for `mu < 1`), `e_j - 1 = expm1(...)` and `log1p` of the
+    mean keep `Q` exact where `1/mu` would magnify rounding.
+    """
+
+    @tf.custom_gradient
+    def q_of(s):
+        u = tf.tanh(alpha * _margins(s, one_hot))
+        u_max = tf.reduce_max(u, axis=-1, keepdims=True)
+        if precise:
+            terms_minus_one = tf.math.expm1(mu * (u - u_max))
+            terms = terms_minus_one + 1.0
+            mean_log = tf.math.log1p(tf.reduce_mean(terms_minus_one, axis=-1))
+        else:
+            terms = tf.exp(mu * (u - u_max))
+            num_classes = tf.cast(tf.shape(s)[-1], tf.float32)
+            mean_log = tf.math.log(tf.reduce_sum(terms, axis=-1) / num_classes)
+        total = tf.reduce_sum(terms, axis=-1)
+        q = u_max[:, 0] + mean_log / mu
+
+        def grad(upstream):
+            scale = upstream / total
+            return _chain_to_scores(scale[:, None] * terms * (alpha * (1.0 - u * u)), one_hot)
+
+        return q, grad
+
+    return q_of(scores)
+
+
 @tf.function(jit_compile=True)
-def _lower_bound_xla(y_pred, labels, mu, alpha, bound, from_logits):
+def _lower_bound_xla(y_pred, labels, mu, alpha, bound, from_logits, fast_path):
     """`Q_i` for validated integer `labels`, compiled by XLA.
 
-    `bound` and `from_logits` are Python values (one trace each); `mu` and
-    `alpha` are float32 scalars, so one kernel serves every value of them.
-    Rows with a non-finite score, a probability outside [0, 1] or a label
-    outside [0, K) give NaN: under XLA the eager checks are compiled away, and
-    bad input must never turn into a plausible-looking number.
+    `bound`, `from_logits` and `fast_path` are Python values (one trace each);
+    `mu` and `alpha` are float32 scalars, so one kernel serves every value of
+    them that shares a `fast_path` (`2 * mu` for a half-integer -log `mu`, else
+    0; for tanh, whether `mu >= 1`). Rows with a non-finite score, a
+    probability outside [0, 1] or a label outside [0, K) give NaN: under XLA
+    the eager checks are compiled away, and bad input must never turn into a
+    plausible-looking number.
     """
     y_pred = tf.cast(y_pred, tf.float32)
     num_classes = tf.shape(y_pred)[-1]
@@ -66,16 +205,18 @@ def _lower_bound_xla(y_pred, labels, mu, alpha, bound, from_logits):
         scores = tf.math.log(tf.clip_by_value(y_pred, keras.config.epsilon(), 1.0))
     valid &= (labels >= 0) & (labels < num_classes)
     one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-    margins = scores - tf.reduce_sum(scores * one_hot, axis=-1, keepdims=True)
-    phi = phi_neglog(margins) if bound == "neglog" else phi_tanh(margins, alpha)
-    # (1/mu) * (logsumexp(z) - log K) written as (m + log(mean(exp(z - m)))) / mu,
-    # with m = max(z) and log1p/expm1, so that it stays exact for small mu and
-    # is exactly 0 (not a rounding error above it) for a row with all z = 0.
-    z = mu * phi
-    # The value does not depend on m, so m needs no gradient.
-    m = tf.stop_gradient(tf.reduce_max(z, axis=-1))
-    q = (m + tf.math.log1p(tf.reduce_mean(tf.math.expm1(z - m[..., None]), axis=-1))) / mu
+    if bound == "neglog":
+        q = _neglog_q(scores, one_hot, mu, fast_path)
+    else:
+        q = _tanh_q(scores, one_hot, mu, alpha, precise=not fast_path)
     return tf.where(valid, q, tf.constant(float("nan")))
+
+
+def _fast_path(bound, mu):
+    """The static kernel choice for `mu` (see `_lower_bound_xla`)."""
+    if bound == "neglog":
+        return int(2 * mu) if mu in _HALF_INTEGER_MU else 0
+    return int(mu >= 1.0)
 
 
 def _labels(y_true, y_pred, from_logits):
@@ -157,6 +298,7 @@ def lower_bound(y_true, y_pred, bound="neglog", mu=None, alpha=0.1, from_logits=
         tf.constant(alpha, tf.float32),
         bound,
         from_logits,
+        _fast_path(bound, mu),
     )
 
 

@@ -2,6 +2,8 @@
 
 import keras
 
+from bisam_keras.models.fused_batch_norm import FusedBatchNormalization
+
 
 def check_num_classes(num_classes):
     """Raises `ValueError` unless `num_classes` is an int >= 2."""
@@ -47,14 +49,18 @@ def conv_kwargs(weight_decay, use_bias=False):
 
 
 def batch_norm(sync_batchnorm, name):
-    """A `BatchNormalization` layer, synchronized across replicas when `sync_batchnorm`.
+    """A BatchNorm layer: fused (per-replica statistics), or synchronized across replicas.
 
     `momentum=0.9` and `epsilon=1e-5` are PyTorch's defaults (its momentum 0.1
     weighs the new batch), which the paper's CIFAR models were trained with.
+    Per-replica layers run TensorFlow's fused kernel (`FusedBatchNormalization`);
+    `sync_batchnorm` layers are Keras' `BatchNormalization(synchronized=True)`.
     """
-    return keras.layers.BatchNormalization(
-        momentum=0.9, epsilon=1e-5, synchronized=bool(sync_batchnorm), name=name
-    )
+    if sync_batchnorm:
+        return keras.layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-5, synchronized=True, name=name
+        )
+    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
 def logits(x, num_classes):
