@@ -6,6 +6,7 @@ before TensorFlow starts, and this test session has already started it (see
 positive finite number are checked, not the timings themselves.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -118,3 +119,78 @@ def test_gpu_check_dry_run_prints_one_json_summary(tmp_path):
     check_scaling(parts["mirrored"]["result"], ["bisam_neglog"], [1, 2])
     check_loss_overhead(parts["loss_overhead"]["result"])
     assert (tmp_path / "gpu_check" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_epoch_time_tiny_run_writes_every_method(tmp_path):
+    path = tmp_path / "epoch.json"
+    args = ["--models", "resnet20", "--batch-size", "8", "--warmup", "1", "--rounds", "1"]
+    args += ["--steps", "1", "--no-cpu-memory", "--json", path]
+    run([sys.executable, BENCHMARKS / "epoch_time.py", *args], timeout=300)
+    result = json.loads(path.read_text())
+    row = result["models"]["resnet20"]
+    assert row["parameters"] == 272_474
+    assert set(row["step_ms"]) == set(result["config"]["methods"])
+    assert {"sgd", "sam", "bisam_neglog", "bisam_tanh"} <= set(row["step_ms"])
+    assert_positive_numbers(row["step_ms"])
+    assert_positive_numbers(row["ratios"])
+
+
+def _optional_extra_or_hint(module, command, timeout):
+    """Runs `command`; without `module` installed it must print the install hint and exit 0."""
+    process = run(command, timeout)
+    if importlib.util.find_spec(module) is None:
+        assert "pip install" in process.stdout and "Skipping" in process.stdout
+        return None
+    return process
+
+
+@pytest.mark.slow
+def test_vs_pytorch_tiny_run_or_install_hint(tmp_path):
+    path = tmp_path / "vs.json"
+    args = ["--models", "resnet20", "--batch-size", "8", "--warmup", "1", "--rounds", "1"]
+    args += ["--steps", "1", "--threads", "1", "--json", path]
+    if _optional_extra_or_hint("torch", [sys.executable, BENCHMARKS / "vs_pytorch.py", *args], 300):
+        result = json.loads(path.read_text())
+        assert result["lower_bound_abs_difference"] < 1e-6
+        assert_positive_numbers(result["models"]["resnet20"]["ratios"])
+
+
+@pytest.mark.slow
+def test_profile_step_tiny_run_or_install_hint(tmp_path):
+    path = tmp_path / "profile.json"
+    args = ["--model", "resnet20", "--method", "bisam", "--batch-size", "8", "--warmup", "1"]
+    args += ["--steps", "1", "--json", path]
+    script = [sys.executable, BENCHMARKS / "profile_step.py", *args]
+    if _optional_extra_or_hint("xprof", script, 300):
+        keras_profile = json.loads(path.read_text())["results"]["keras"]
+        assert keras_profile["busy_ms_per_step"] > 0
+        assert sum(keras_profile["share"].values()) == pytest.approx(1.0)
+        # Every train step convolves forward and backward, and normalizes.
+        assert {"conv forward", "conv backward", "batch norm"} <= set(keras_profile["share"])
+
+
+@pytest.mark.parametrize(
+    "op,kind",
+    [
+        ("_MklNativeConv2DBackpropFilter", "conv backward"),
+        ("aten::convolution_backward", "conv backward"),
+        ("_MklNativeConv2D", "conv forward"),
+        ("aten::mkldnn_convolution", "conv forward"),
+        ("_MklNativeFusedBatchNormGradV3", "batch norm"),
+        ("aten::native_batch_norm", "batch norm"),
+        ("ReluGrad", "elementwise"),
+        ("aten::clamp_min", "elementwise"),
+        ("SparseSoftmaxCrossEntropyWithLogits", "loss"),
+        ("AssignVariableOp", "optimizer"),
+        ("aten::add_", "optimizer"),
+        ("aten::copy_", "other"),
+    ],
+)
+def test_profile_kinds(op, kind):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import profile_step
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert profile_step.kind_of(op) == kind
