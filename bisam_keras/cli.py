@@ -19,7 +19,9 @@ RUN_FLAGS = {
     "tfds_dir": str,
     "model": str,
     "method": str,
+    "pretrained": bool,
     "epochs": int,
+    "steps": int,
     "batch_size": int,
     "lr": float,
     "momentum": float,
@@ -78,7 +80,20 @@ def _add_run_flags(parser, several):
         )
         g.add_argument("--method", choices=METHODS, help="default: bisam-neglog")
     g.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0")
-    g.add_argument("--epochs", type=_positive_int)
+    g.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start from ImageNet weights (keras.applications models, vit_b16); "
+        "default: the preset's (paper-finetune: on), else off",
+    )
+    g.add_argument("--epochs", type=_positive_int, help="default: 10, or the preset's")
+    g.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="train exactly N optimizer steps instead of --epochs (the last epoch is "
+        "cut short); default: the preset's (paper-finetune: 500)",
+    )
     g.add_argument("--batch-size", type=_positive_int)
     g.add_argument("--lr", type=_non_negative_float)
     g.add_argument("--momentum", type=_non_negative_float)
@@ -115,8 +130,15 @@ def make_configs(args, several=False):
     """`RunConfig`s from parsed flags: defaults, then the preset, then the flags."""
     from bisam_keras.experiments import PRESETS, RunConfig
     from bisam_keras.experiments import methods as methods_lib
+    from bisam_keras.experiments.presets import preset_mu
 
+    if getattr(args, "epochs", None) is not None and getattr(args, "steps", None) is not None:
+        raise ValueError(
+            "Pass either `epochs` or `steps`, not both. "
+            f"Received: epochs={args.epochs}, steps={args.steps}"
+        )
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
+    dataset = getattr(args, "dataset", None) or preset.get("dataset", "digits")
     models = (args.models if several else [args.model]) or []
     models = [m for m in models if m] or [preset.get("model", "resnet20")]
     methods = (args.methods if several else [args.method]) or []
@@ -140,14 +162,18 @@ def make_configs(args, several=False):
                     "swp_probability",
                     "sds_fraction",
                     "micro_batch_size",
+                    "pretrained",
                 ):
                     if key in preset:
                         values[key] = preset[key]
                 if "dataset" in preset:
                     values["dataset"] = preset["dataset"]
                 if preset:
+                    # A preset gives the run's length in steps or in epochs;
+                    # an explicit --epochs replaces a preset's steps.
                     if "steps" in preset:
-                        values["epochs"] = 1
+                        if args.epochs is None:
+                            values["steps"] = preset["steps"]
                     else:
                         values["epochs"] = preset["sgd_epochs" if method == "sgd" else "epochs"]
                     values["rho"] = preset[
@@ -155,7 +181,7 @@ def make_configs(args, several=False):
                     ]
                     bound = methods_lib.lower_bound_of(method)
                     if bound:
-                        values["mu"] = preset["mu"][bound]
+                        values["mu"] = preset_mu(preset, bound, dataset)
                 for key in RUN_FLAGS:
                     value = getattr(args, key, None)
                     if value is not None:

@@ -216,3 +216,281 @@ def test_strategy_flag_runs_under_mirrored_strategy(tmp_path):
     config = json.load(open(os.path.join(RunConfig(output=str(tmp_path)).run_dir(), "config.json")))
     assert config["strategy"] == "mirrored"
     assert runner.make_strategy("mirrored").num_replicas_in_sync == 2
+
+
+# --------------------------------------------------------------------------- #
+# --steps: an exact number of optimizer steps (the paper's fine-tuning length).
+# --------------------------------------------------------------------------- #
+
+# Digits with --subset 300: 30 validation and 270 training examples, so
+# batches of 64 give ceil(270 / 64) = 5 steps per epoch (4 of 64 and one of 14).
+STEPS_BASE = dict(dataset="digits", subset=300, batch_size=64, model="resnet20", verbose=0)
+
+
+class _StepRecorder(keras.callbacks.Callback):
+    """Counts the train batches of each epoch and reads the optimizer at the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = {}
+        self.learning_rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.learning_rates.append(float(self._inner().learning_rate))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches[self.epoch] = self.batches.get(self.epoch, 0) + 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_end(self, logs=None):
+        self.iterations = int(self.model.optimizer.iterations)
+        self.schedule = self._inner()._learning_rate.get_config()
+
+    def _inner(self):
+        return getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+
+
+def test_steps_trains_exactly_that_many_steps_with_the_schedule_over_them(tmp_path):
+    # 7 steps at 5 a epoch: epochs of 5 and 2 steps, both evaluated.
+    config = RunConfig(
+        **STEPS_BASE,
+        method="sgd",
+        optimizer="adamw",
+        lr=0.01,
+        weight_decay=0.0,
+        schedule="linear-warmup",
+        warmup_steps=2,
+        steps=7,
+        output=str(tmp_path),
+    )
+    recorder = _StepRecorder()
+    result = runner.run(config, callbacks=[recorder])
+    assert recorder.batches == {0: 5, 1: 2}
+    assert recorder.iterations == 7
+    assert (recorder.schedule["warmup_steps"], recorder.schedule["total_steps"]) == (2, 7)
+    # Linear warm-up over 2 steps to 0.01, then linear decay to 0 at step 7:
+    # the rate of step t (0-based) is 0.01 * t / 2 for t < 2, else
+    # 0.01 * (1 - (t - 2) / 5).
+    expected = [0.0, 0.005, 0.01, 0.008, 0.006, 0.004, 0.002]
+    np.testing.assert_allclose(recorder.learning_rates, expected, rtol=1e-6, atol=1e-9)
+    history = json.load(open(os.path.join(config.run_dir(), "history.json")))
+    assert len(history["val_accuracy"]) == len(history["test_accuracy"]) == 2
+    assert (result["epochs_run"], result["steps"]) == (2, 7)
+    best = int(np.argmax(history["val_accuracy"]))
+    assert result["test_accuracy"] == history["test_accuracy"][best]
+
+
+@pytest.mark.slow
+def test_steps_run_resumes_to_the_same_result(tmp_path):
+    # 12 steps at 5 a epoch: epochs of 5, 5 and 2 steps. Interrupted after the
+    # first epoch, the resumed run does the remaining 5 + 2 steps and ends
+    # with the history of an uninterrupted run.
+    base = dict(STEPS_BASE, method="sam", steps=12)
+    straight_recorder = _StepRecorder()
+    straight = runner.run(
+        RunConfig(output=str(tmp_path / "a"), **base), callbacks=[straight_recorder]
+    )
+    assert straight_recorder.batches == {0: 5, 1: 5, 2: 2}
+    interrupted = RunConfig(output=str(tmp_path / "b"), **base)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(interrupted, callbacks=[_InterruptAfterFirstEpoch()])
+    resumed_recorder = _StepRecorder()
+    resumed = runner.run(interrupted, resume=True, callbacks=[resumed_recorder])
+    assert resumed_recorder.batches == {1: 5, 2: 2}
+    assert resumed_recorder.iterations == straight_recorder.iterations == 12
+    a = json.load(open(os.path.join(RunConfig(output=str(tmp_path / "a"), **base).run_dir(),
+                                    "history.json")))  # fmt: skip
+    b = json.load(open(os.path.join(interrupted.run_dir(), "history.json")))
+    assert len(b["loss"]) == len(a["loss"]) == 3
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4)
+    np.testing.assert_allclose(b["val_accuracy"], a["val_accuracy"], atol=1e-6)
+    assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"], abs=1e-6)
+    assert resumed["steps"] == straight["steps"] == 12
+
+
+class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+
+def test_steps_and_epochs_flags():
+    parse = cli.build_parser().parse_args
+    (config,) = cli.make_configs(parse(["train", "--steps", "30"]))
+    assert config.steps == 30
+    (config,) = cli.make_configs(parse(["train"]))
+    assert (config.steps, config.epochs) == (None, 10)
+    # The preset's 500 steps give way to an explicit --epochs or --steps.
+    (config,) = cli.make_configs(parse(["train", "--preset", "paper-finetune"]))
+    assert config.steps == 500
+    (config,) = cli.make_configs(parse(["train", "--preset", "paper-finetune", "--epochs", "3"]))
+    assert (config.steps, config.epochs) == (None, 3)
+    (config,) = cli.make_configs(parse(["train", "--preset", "paper-finetune", "--steps", "20"]))
+    assert config.steps == 20
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--steps", "-5"], "--steps"),
+        (["--epochs", "3", "--steps", "5"], "--epochs or --steps, not both. Received: epochs=3"),
+        (["--micro-batch-size", "48"], "--micro-batch-size must divide --batch-size"),
+        (["--pretrained"], "--pretrained=True needs a model with pretrained weights"),
+        (["--preset", "paper-finetune", "--model", "resnet20"], "'resnet20' has none"),
+    ],
+)
+def test_bad_run_flags_are_named(tmp_path, capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", *args, "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"steps": 0}, "`steps` must be None or an int >= 1. Received: steps=0"),
+        ({"steps": 2.5}, "`steps` must be None or an int >= 1. Received: steps=2.5"),
+        ({"steps": True}, "`steps` must be None or an int >= 1. Received: steps=True"),
+        ({"micro_batch_size": 0}, "Received: micro_batch_size=0"),
+        ({"batch_size": 128, "micro_batch_size": 48}, "micro_batch_size=48, batch_size=128"),
+        ({"pretrained": "yes"}, "`pretrained` must be a bool. Received: pretrained='yes'"),
+        ({"model": "wrn28_2", "pretrained": True}, "Received: model='wrn28_2', pretrained=True"),
+    ],
+)
+def test_run_config_rejects_bad_values(fields, message):
+    with pytest.raises(ValueError) as info:
+        RunConfig(**fields).validate()
+    assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- #
+# --pretrained: ImageNet weights for the models that have them.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def rgb_folder(tmp_path):
+    """A small offline folder of 32x32 RGB images (read as `--dataset cifar10`)."""
+    from bisam_keras import data
+
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "rgb")
+    classes = [str(i) for i in range(10)]
+    for split, n in (("train", 40), ("test", 10)):
+        images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+        data.write_tfrecord_folder(path, images, np.arange(n) % 10, classes, split=split)
+    return path
+
+
+class _BuildCalled(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "args, pretrained",
+    [
+        (["--preset", "paper-finetune"], True),
+        (["--preset", "paper-finetune", "--no-pretrained"], False),
+        (["--preset", "paper-finetune", "--model", "MobileNetV3Small"], True),
+        (["--model", "MobileNetV3Small", "--pretrained"], True),
+        (["--model", "MobileNetV3Small"], False),
+    ],
+)
+def test_pretrained_reaches_the_model_build(tmp_path, rgb_folder, monkeypatch, args, pretrained):
+    calls = []
+
+    def spy(name, num_classes, input_shape=None, **kwargs):
+        calls.append((name, kwargs))
+        raise _BuildCalled
+
+    monkeypatch.setattr(runner.models_lib, "build", spy)
+    flags = ["--dataset", "cifar10", "--data-dir", rgb_folder, "--output", str(tmp_path / "o")]
+    with pytest.raises(_BuildCalled):
+        cli.main(["train", *args, *flags, "--verbose", "0"])
+    ((name, kwargs),) = calls
+    assert kwargs == ({"pretrained": True} if pretrained else {})
+    (config,) = cli.make_configs(cli.build_parser().parse_args(["train", *args, *flags]))
+    assert config.pretrained is pretrained and config.model == name
+    assert not os.path.exists(tmp_path / "o")  # nothing to --resume from a run that never started
+
+
+def test_unreachable_vit_weights_surface_through_the_cli(tmp_path, rgb_folder, monkeypatch):
+    # The preset asks for the pretrained ViT-B/16. The download is made to fail
+    # at once, as it does without network (a firewall could make a real
+    # attempt wait for timeouts): the package's own error reaches the user.
+    keras_hub = pytest.importorskip("keras_hub")
+    attempts = []
+
+    def unreachable(preset, *args, **kwargs):
+        attempts.append(preset)
+        raise ConnectionError(f"cannot reach kaggle.com for {preset}")
+
+    monkeypatch.setattr(keras_hub.models.ViTBackbone, "from_preset", unreachable)
+    out = str(tmp_path / "o")
+    flags = ["--dataset", "cifar10", "--data-dir", rgb_folder, "--output", out, "--verbose", "0"]
+    with pytest.raises(RuntimeError, match=r"Could not fetch the keras-hub preset.*kagglehub"):
+        cli.main(["train", "--preset", "paper-finetune", *flags])
+    assert attempts == ["vit_base_patch16_224_imagenet"]
+    assert not os.path.exists(out)
+
+
+def _network_available(host):
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_unreachable_application_weights_fail_fast_through_the_runner(
+    tmp_path, rgb_folder, monkeypatch
+):
+    # A real download attempt, bounded by the models module's socket timeout.
+    import time
+
+    from bisam_keras.models import applications
+
+    if _network_available("storage.googleapis.com"):
+        pytest.skip("the ImageNet weights can be downloaded here")
+    cache = os.path.join(os.path.expanduser("~"), ".keras", "models")
+    if os.path.isdir(cache) and any("mobilenet_v3_small" in f.lower() for f in os.listdir(cache)):
+        pytest.skip("the ImageNet weights are cached here")
+    monkeypatch.setattr(applications, "DOWNLOAD_TIMEOUT_S", 3)
+    config = RunConfig(
+        dataset="cifar10",
+        data_dir=rgb_folder,
+        model="MobileNetV3Small",
+        pretrained=True,
+        output=str(tmp_path / "o"),
+        verbose=0,
+    )
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"Could not fetch the ImageNet weights.*weights_path="):
+        runner.run(config)
+    assert time.perf_counter() - start < 60
+    assert not os.path.exists(config.run_dir())
+
+
+# --------------------------------------------------------------------------- #
+# mSAM through the CLI: the training split drops its partial last batch.
+# --------------------------------------------------------------------------- #
+
+
+def test_micro_batches_train_on_whole_batches_only(tmp_path):
+    # 270 training examples in batches of 64: 4 whole batches (the 14 left
+    # over are dropped, a different 14 each epoch), 2 micro-batches of 32 each.
+    out = str(tmp_path / "runs")
+    args = [*SMALL, "--epochs", "1", "--micro-batch-size", "32", "--output", out]
+    assert cli.main(["train", *args]) == 0
+    (result,) = runner.load_results(out)
+    assert result["steps"] == 4 and result["epochs_run"] == 1
+    assert (result["num_train"], result["num_validation"]) == (270, 30)
+    assert 0.0 <= result["test_accuracy"] <= 1.0

@@ -166,6 +166,61 @@ def test_pipeline_label_noise_touches_only_the_train_part():
     np.testing.assert_array_equal(labels_by_index(again.train)[1], train_labels)
 
 
+def test_drop_remainder_drops_the_last_train_batch_only():
+    # 100 images: a 90/10 split, then 90 train examples in batches of 16 is
+    # 5 full batches (80 examples) and a remainder of 10.
+    n, n_test = 100, 20
+    kwargs = dict(batch_size=16, augment=False, seed=5)
+    y, y_test = np.arange(n) % 4, np.arange(n_test) % 4
+    arrays = (_index_images(n), y, _index_images(n_test) + n, y_test)
+    splits = data.from_arrays(*arrays, drop_remainder=True, **kwargs)
+    assert (splits.num_train, splits.num_validation, splits.num_test) == (90, 10, 20)
+    assert int(splits.train.cardinality()) == 5
+    assert splits.train.element_spec[0].shape[0] == 16  # static: mSAM checks it when tracing
+
+    def indices(dataset):
+        images = np.concatenate([x.numpy() for x, _ in dataset])
+        return np.rint(images[:, 0, 0, 0] * splits.std[0] + splits.mean[0]).astype(int)
+
+    expected_train, expected_val = data.train_validation_split(n, 0.1, seed=5)
+    epochs = []
+    for _ in range(4):
+        sizes = [int(x.shape[0]) for x, _ in splits.train]
+        assert sizes == [16] * 5
+        epoch = indices(splits.train)
+        assert len(set(epoch)) == 80 and set(epoch) <= set(expected_train)
+        epochs.append(set(epoch))
+    # Each epoch drops a different remainder (the shuffle depends on the epoch).
+    assert len(set.union(*epochs)) > 80
+    # Validation and test keep every example, last partial batch included.
+    assert [int(x.shape[0]) for x, _ in splits.validation] == [10]
+    assert [int(x.shape[0]) for x, _ in splits.test] == [16, 4]
+    np.testing.assert_array_equal(np.sort(indices(splits.validation)), expected_val)
+    np.testing.assert_array_equal(np.sort(indices(splits.test)), np.arange(n, n + n_test))
+    # The default keeps the remainder of the training split too.
+    kept = data.from_arrays(*arrays, **kwargs)
+    assert [int(x.shape[0]) for x, _ in kept.train] == [16] * 5 + [10]
+
+
+def test_load_passes_drop_remainder_to_the_train_split():
+    # Digits: 1797 images, 359 (= 1797 // 5) held out as test; the 1438 left
+    # split into 144 (= round(143.8)) validation and 1294 train examples:
+    # 10 full batches of 128 and a remainder of 14.
+    splits = data.load("digits", batch_size=128, drop_remainder=True)
+    assert (splits.num_train, splits.num_validation, splits.num_test) == (1294, 144, 359)
+    assert [int(x.shape[0]) for x, _ in splits.train] == [128] * 10
+    assert sum(int(x.shape[0]) for x, _ in splits.validation) == 144
+    assert sum(int(x.shape[0]) for x, _ in splits.test) == 359
+    assert [int(x.shape[0]) for x, _ in data.load("digits", batch_size=128).train][-1] == 14
+
+
+def test_drop_remainder_needs_one_full_batch_and_a_bool():
+    with pytest.raises(ValueError, match=r"`batch_size`.*1294 training.*Received: batch_size=2000"):
+        data.load("digits", batch_size=2000, drop_remainder=True)
+    with pytest.raises(ValueError, match=r"`drop_remainder`.*Received: drop_remainder='yes'"):
+        data.load("digits", drop_remainder="yes")
+
+
 # ---------------------------------------------------------------- sources
 
 

@@ -135,3 +135,76 @@ def test_paper_cifar_preset_matches_section_4_1():
         0.1,
     )
     assert (p["swp_probability"], p["sds_fraction"]) == (0.5, 0.5)
+
+
+def test_paper_imagenet_preset_matches_section_4_1():
+    # "rho = 0.05 ... 90 epochs, peak learning rate 0.2, batch size 512 ...
+    # mSAM with micro batch size m = 128 ... mu = 5 for BiSAM (-log) and
+    # mu = 20 and alpha = 0.1 for BiSAM (tanh)."
+    p = presets.PRESETS["paper-imagenet"]
+    assert (p["lr"], p["batch_size"], p["epochs"], p["micro_batch_size"]) == (0.2, 512, 90, 128)
+    assert (p["rho"], p["mu"], p["alpha"]) == (0.05, {"neglog": 5.0, "tanh": 20.0}, 0.1)
+    assert (p["momentum"], p["weight_decay"], p["label_smoothing"]) == (0.9, 5e-4, 0.1)
+
+
+def test_paper_finetune_preset_matches_section_4_2():
+    # "pretrained ViT-B/16 ... AdamW ... no weight decay ... linear learning
+    # rate schedule and gradient clipping with global norm 1 ... peak learning
+    # rate 1e-4 and batch size 512 ... 500 steps with a warmup step of 100.
+    # For Flowers mu = 4 (-log), mu = 20 (tanh); for Pets mu = 6 (-log),
+    # mu = 20 (tanh)."
+    p = presets.PRESETS["paper-finetune"]
+    assert (p["model"], p["pretrained"], p["optimizer"], p["weight_decay"]) == (
+        "vit_b16",
+        True,
+        "adamw",
+        0.0,
+    )
+    assert (p["schedule"], p["lr"], p["warmup_steps"], p["steps"]) == (
+        "linear-warmup",
+        1e-4,
+        100,
+        500,
+    )
+    assert (p["batch_size"], p["global_clipnorm"]) == (512, 1.0)
+    paper = {"oxford_flowers102": (4.0, 20.0), "oxford_iiit_pet": (6.0, 20.0)}
+    for dataset, (neglog, tanh) in paper.items():
+        assert presets.preset_mu(p, "neglog", dataset) == neglog
+        assert presets.preset_mu(p, "tanh", dataset) == tanh
+    # Another dataset gets the preset's default, Flowers' values.
+    assert (presets.preset_mu(p, "neglog", "cifar10"), presets.preset_mu(p, "tanh", "cifar10")) == (
+        4.0,
+        20.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, mu",
+    [
+        (["--method", "bisam-neglog"], 4.0),
+        (["--method", "bisam-tanh"], 20.0),
+        (["--method", "bisam-neglog", "--dataset", "oxford_iiit_pet"], 6.0),
+        (["--method", "e-bisam-neglog", "--dataset", "oxford_iiit_pet"], 6.0),
+        (["--method", "bisam-tanh", "--dataset", "oxford_iiit_pet"], 20.0),
+        (["--method", "bisam-neglog", "--dataset", "oxford_iiit_pet", "--mu", "3"], 3.0),
+        (["--method", "sam", "--dataset", "oxford_iiit_pet"], None),
+    ],
+)
+def test_paper_finetune_picks_mu_by_dataset_and_bound(flags, mu):
+    from bisam_keras import cli
+
+    args = cli.build_parser().parse_args(["train", "--preset", "paper-finetune", *flags])
+    (config,) = cli.make_configs(args)
+    assert config.mu == mu
+
+
+def test_compare_picks_mu_per_method_on_pets():
+    from bisam_keras import cli
+
+    args = cli.build_parser().parse_args(
+        ["compare", "--preset", "paper-finetune", "--dataset", "oxford_iiit_pet",
+         "--methods", "sam", "bisam-neglog", "bisam-tanh"]
+    )  # fmt: skip
+    sam, neglog, tanh = cli.make_configs(args, several=True)
+    assert (sam.mu, neglog.mu, tanh.mu) == (None, 6.0, 20.0)
+    assert neglog.steps == 500 and neglog.pretrained is True and neglog.model == "vit_b16"

@@ -20,6 +20,7 @@ def from_arrays(
     label_noise=0.0,
     subset=None,
     augment=True,
+    drop_remainder=False,
 ):
     """Builds `Splits` from image arrays, with the same pipeline as `load`.
 
@@ -42,6 +43,8 @@ def from_arrays(
             Defaults to `None`.
         augment: apply `cifar_augment` (pad 4, crop, flip) to the training
             part. Defaults to `True`.
+        drop_remainder: drop the last, smaller training batch of each epoch,
+            as in `load`. Defaults to `False`.
 
     Returns:
         A `Splits`.
@@ -87,6 +90,7 @@ def from_arrays(
         label_noise=label_noise,
         subset=subset,
         augment=augment,
+        drop_remainder=drop_remainder,
     )
 
 

@@ -5,7 +5,7 @@ import os
 from bisam_keras.data.arrays import digits_arrays, from_arrays
 from bisam_keras.data.catalog import DATASETS, DEFAULT_IMAGE_SIZE, names
 from bisam_keras.data.offline import decode, read_class_names, read_tfrecord_folder, shard_paths
-from bisam_keras.data.pipeline import build_splits, check_arguments
+from bisam_keras.data.pipeline import build_splits, check_arguments, check_drop_remainder
 from bisam_keras.data.tfds_source import load_tfds
 
 
@@ -25,6 +25,7 @@ def load(
     augment=True,
     image_size=None,
     tfds_dir=None,
+    drop_remainder=False,
 ):
     """Loads a dataset as normalized, batched train/validation/test splits.
 
@@ -54,6 +55,10 @@ def load(
         image_size: output side for ImageNet-style datasets (`224` when
             `None`); must be `None` for digits and CIFAR. Defaults to `None`.
         tfds_dir: the TFDS data dir. Defaults to `None` (the TFDS default).
+        drop_remainder: drop the last, smaller batch of each training epoch,
+            so that every training batch holds `batch_size` examples (mSAM's
+            `micro_batch_size` must divide every batch). The validation and
+            test splits keep every example. Defaults to `False`.
 
     Returns:
         A `Splits`.
@@ -73,6 +78,7 @@ def load(
         raise ValueError(f"`name` must be one of {names()}. Received: name={name!r}")
     spec = DATASETS[name]
     check_arguments(batch_size, validation_fraction, label_noise, subset, image_size)
+    check_drop_remainder(drop_remainder)
     if spec.style == "small" and image_size is not None:
         raise ValueError(
             f"`image_size` only applies to ImageNet-style datasets, not {name!r}. "
@@ -87,6 +93,7 @@ def load(
         label_noise=label_noise,
         subset=subset,
         augment=augment and spec.augment,
+        drop_remainder=drop_remainder,
     )
     if data_dir is None and name == "digits":
         return from_arrays(*digits_arrays(), name=name, **options)

@@ -7,6 +7,10 @@ train source -> enumerate -> 90/10 split by index (seeded) -> label noise (train
 validation, test -> decode -> cache -> normalize -> batch -> prefetch
 ```
 
+With `drop_remainder=True` the training part drops the last, smaller batch of
+each epoch (every batch then has `batch_size` examples, as mSAM needs); the
+validation and test parts always keep every example.
+
 The shuffle order and the augmentation seeds of the training part are
 functions of `(seed, epoch)`: runs are reproducible from `seed`, crops differ
 between epochs, and a resumed run (with `Splits.epoch_callback()`) sees the
@@ -101,6 +105,13 @@ def check_arguments(batch_size, validation_fraction, label_noise, subset, image_
         )
 
 
+def check_drop_remainder(drop_remainder):
+    if not isinstance(drop_remainder, bool):
+        raise ValueError(
+            f"`drop_remainder` must be a bool. Received: drop_remainder={drop_remainder!r}"
+        )
+
+
 def count(dataset):
     """The number of elements of a finite dataset (its cardinality, else one pass)."""
     cardinality = int(dataset.cardinality())
@@ -125,8 +136,8 @@ def _shuffle(dataset, buffer, seed):
         graph.seed = graph_seed
 
 
-def _finish(dataset, batch_size):
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+def _finish(dataset, batch_size, drop_remainder=False):
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
 
 
 def build_splits(
@@ -148,6 +159,7 @@ def build_splits(
     mean=None,
     std=None,
     stats_key=None,
+    drop_remainder=False,
 ):
     """Builds `Splits` from raw sources of `(image, label)` (see the module docstring).
 
@@ -160,14 +172,22 @@ def build_splits(
         mean, std: per-channel statistics to use instead of computing them.
         stats_key: hashable identity of the training part, to compute its
             statistics once per process.
+        drop_remainder: drop the last, smaller batch of each training epoch.
         The other arguments are those of `load`.
     """
     check_arguments(batch_size, validation_fraction, label_noise, subset, image_size)
+    check_drop_remainder(drop_remainder)
     decode = decode or (lambda image: image)
     if subset is not None:
         train_source, test_source = train_source.take(subset), test_source.take(subset // 5)
     num_examples, num_test = count(train_source), count(test_source)
     train_index, validation_index = train_validation_split(num_examples, validation_fraction, seed)
+    if drop_remainder and len(train_index) < batch_size:
+        raise ValueError(
+            f"`batch_size` must not exceed the {len(train_index)} training examples when "
+            "`drop_remainder`=True (no full batch would be left). "
+            f"Received: batch_size={batch_size}"
+        )
     offsets = np.zeros(num_examples, np.int64)
     offsets[train_index] = label_noise_offsets(len(train_index), label_noise, num_classes, seed)
     is_validation = np.zeros(num_examples, bool)
@@ -255,7 +275,7 @@ def build_splits(
     test = test.apply(tf.data.experimental.assert_cardinality(num_test))
     num_noisy = int(round(label_noise * len(train_index)))
     return Splits(
-        train=_finish(train, batch_size),
+        train=_finish(train, batch_size, drop_remainder),
         validation=_finish(validation, batch_size),
         test=_finish(test, batch_size),
         num_classes=int(num_classes),

@@ -35,16 +35,28 @@ class RunConfig:
 
     Every field but `optimizer`, `schedule`, `warmup_steps`, `global_clipnorm`,
     `swp_probability` and `sds_fraction` has a `bisam-keras train` flag of the
-    same name (`--batch-size` for `batch_size`, ...); the defaults below are
-    those of the command line without a preset.
+    same name (`--batch-size` for `batch_size`, `--pretrained` /
+    `--no-pretrained` for `pretrained`, ...); the defaults below are those of
+    the command line without a preset.
 
     Attributes:
         dataset: a name from `bisam_keras.data.names()`. Defaults to `"digits"`.
         model: a name from `bisam_keras.models.names()`. Defaults to `"resnet20"`.
+        pretrained: start from the model's ImageNet weights
+            (`bisam_keras.models.build(..., pretrained=True)`); only for the
+            models that have them, the `keras.applications` names and
+            `vit_b16`. Without network access and without cached weights the
+            build fails with a `RuntimeError` that says what to do.
+            Defaults to `False`.
         method: one of `METHODS`. Defaults to `"bisam-neglog"`.
         seed: seeds the data split, label noise, shuffling, augmentation,
             initialization and stochastic perturbation. Defaults to `0`.
-        epochs: training epochs. Defaults to `10`.
+        epochs: training epochs; ignored when `steps` is set. Defaults to `10`.
+        steps: train exactly this many optimizer steps instead of `epochs`
+            epochs, or `None`: the run takes `ceil(steps / steps_per_epoch)`
+            epochs, the last one cut short, each ending with the validation
+            and test evaluation; the learning-rate schedule spans `steps`.
+            Defaults to `None`.
         batch_size: the global batch size. Defaults to `128`.
         lr: the (peak) learning rate. Defaults to `0.1`.
         momentum: SGD momentum. Defaults to `0.9`.
@@ -65,7 +77,10 @@ class RunConfig:
         eta: the adaptive methods' offset. Defaults to `0.0`.
         swp_probability: `beta` of the efficient methods. Defaults to `0.5`.
         sds_fraction: `gamma` of the efficient methods. Defaults to `0.5`.
-        micro_batch_size: mSAM's micro-batch size, or `None`. Defaults to `None`.
+        micro_batch_size: mSAM's micro-batch size, or `None`; it must divide
+            the (per-replica) batch, and the training split then drops its
+            last partial batch of each epoch (`drop_remainder=True`).
+            Defaults to `None`.
         validation_fraction: held out for model selection. Defaults to `0.1`.
         subset: use only this many training examples, or `None`. Defaults to `None`.
         data_dir: an offline TFRecord folder, or `None` for tfds. Defaults to `None`.
@@ -84,6 +99,8 @@ class RunConfig:
     method: str = "bisam-neglog"
     seed: int = 0
     epochs: int = 10
+    steps: int | None = None
+    pretrained: bool = False
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -118,8 +135,29 @@ class RunConfig:
         methods_lib.check_method(self.method)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+        for name in ("steps", "micro_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(
+                    f"`{name}` must be None or an int >= 1. Received: {name}={value!r}"
+                )
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                "`micro_batch_size` must divide `batch_size`. Received: "
+                f"micro_batch_size={self.micro_batch_size}, batch_size={self.batch_size}"
+            )
+        if not isinstance(self.pretrained, bool):
+            raise ValueError(
+                f"`pretrained` must be a bool. Received: pretrained={self.pretrained!r}"
+            )
+        if self.pretrained and "pretrained" not in models_lib.options(self.model):
+            raise ValueError(
+                "`pretrained`=True needs a model with pretrained weights (a "
+                f"keras.applications name or vit_b16), and {self.model!r} has none. "
+                f"Received: model={self.model!r}, pretrained=True"
+            )
         for name in ("lr", "rho"):
             value = getattr(self, name)
             if not value >= 0:
@@ -147,6 +185,10 @@ class RunConfig:
 STRATEGIES = ("auto", "mirrored", "multiworker", "none")
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def make_strategy(name):
     """The `tf.distribute` strategy for `--strategy`.
 
@@ -168,6 +210,29 @@ def _shared_strategy(name):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+class StepLimit(keras.callbacks.Callback):
+    """Stops `fit` once `steps` optimizer steps are done, counted from epoch 0.
+
+    The step count is Keras' epoch index times `steps_per_epoch` plus the
+    batch index, so a run resumed by `BackupAndRestore` (which restores the
+    epoch index) stops at the same step as an uninterrupted one. `fit` still
+    ends the cut-short epoch with its validation and callbacks.
+    """
+
+    def __init__(self, steps, steps_per_epoch):
+        super().__init__()
+        self.steps = int(steps)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch * self.steps_per_epoch + batch + 1 >= self.steps:
+            self.model.stop_training = True
 
 
 class TestEvaluation(keras.callbacks.Callback):
@@ -311,11 +376,10 @@ def run(config, resume=False, callbacks=()):
     if resume and os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
 
     keras.utils.set_random_seed(config.seed)
+    # mSAM needs every training batch to be whole: drop each epoch's remainder.
+    drop_remainder = config.micro_batch_size is not None
     splits = data_lib.load(
         config.dataset,
         data_dir=config.data_dir,
@@ -325,14 +389,35 @@ def run(config, resume=False, callbacks=()):
         label_noise=config.label_noise,
         subset=config.subset,
         tfds_dir=config.tfds_dir,
+        drop_remainder=drop_remainder,
     )
     train, validation, test = _one_hot(splits)
-    steps_per_epoch = math.ceil(splits.num_train / config.batch_size)
-    with make_strategy(config.strategy).scope():
-        inner = models_lib.build(config.model, splits.num_classes, input_shape=splits.input_shape)
+    if drop_remainder:
+        steps_per_epoch = splits.num_train // config.batch_size
+    else:
+        steps_per_epoch = math.ceil(splits.num_train / config.batch_size)
+    if config.steps is None:
+        epochs, total_steps = config.epochs, config.epochs * steps_per_epoch
+    else:
+        epochs, total_steps = math.ceil(config.steps / steps_per_epoch), config.steps
+    strategy = make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.micro_batch_size is not None and (
+        config.batch_size % replicas or (config.batch_size // replicas) % config.micro_batch_size
+    ):
+        raise ValueError(
+            f"`micro_batch_size` must divide the per-replica batch (`batch_size` / "
+            f"{replicas} replicas). Received: micro_batch_size={config.micro_batch_size}, "
+            f"batch_size={config.batch_size}"
+        )
+    with strategy.scope():
+        build_options = {"pretrained": True} if config.pretrained else {}
+        inner = models_lib.build(
+            config.model, splits.num_classes, input_shape=splits.input_shape, **build_options
+        )
         if config.optimizer == "sgd":
             add_coupled_weight_decay(inner, config.weight_decay)
-        optimizer = build_optimizer(config, config.epochs * steps_per_epoch)
+        optimizer = build_optimizer(config, total_steps)
         model = inner if config.method == "sgd" else SharpnessAwareModel(inner)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         if splits.num_classes > 5:
@@ -345,6 +430,11 @@ def run(config, resume=False, callbacks=()):
             metrics=metrics,
             jit_compile=config.jit_compile,
         )
+    # The folder is created once the data and the model are there: a run
+    # that cannot start (no data, no weights) leaves nothing to --resume.
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
     history_path = os.path.join(run_dir, "history.csv")
     fit_callbacks = [
         splits.epoch_callback(),
@@ -357,11 +447,13 @@ def run(config, resume=False, callbacks=()):
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
         *callbacks,
     ]
+    if config.steps is not None:
+        fit_callbacks.insert(0, StepLimit(config.steps, steps_per_epoch))
     start = time.perf_counter()
     model.fit(
         train,
         validation_data=validation,
-        epochs=config.epochs,
+        epochs=epochs,
         callbacks=fit_callbacks,
         shuffle=False,  # the pipeline shuffles, by (seed, epoch)
         verbose=config.verbose,
@@ -375,6 +467,7 @@ def run(config, resume=False, callbacks=()):
         "seed": config.seed,
         **protocol.selected_metrics(history),
         "epochs_run": len(history.get("val_accuracy", [])),
+        "steps": total_steps,
         "train_seconds_last_session": seconds,
         "num_train": splits.num_train,
         "num_validation": splits.num_validation,

@@ -364,18 +364,38 @@ class SharpnessAwareMixin:
 
         BatchNorm statistics are updated once, with the mean over micro-batches
         of their updates (as per-replica statistics are under `tf.distribute`).
+
+        A batch that `micro_batch_size` does not divide (typically the last,
+        smaller batch of an epoch) raises `InvalidArgumentError`: when the
+        step is traced if the batch dimension is static (eagerly, or with
+        `drop_remainder=True`), else from an assertion that every use of the
+        batch waits for. Under XLA (`jit_compile=True`) TensorFlow compiles
+        assertions away: the step's loss, perturbed loss and gradients are
+        then NaN, and its state updates are dropped, rather than a result
+        computed on part of the batch.
         """
         size = self.sharpness_aware_optimizer.micro_batch_size
-        batch = _batch_size(x)
-        tf.debugging.assert_equal(
-            batch % size,
-            0,
-            message=(
-                f"`micro_batch_size`={size} must divide the batch size (under "
-                "tf.distribute, the per-replica batch: global batch / replicas); "
-                "the batch size received does not"
-            ),
+        message = (
+            f"`micro_batch_size`={size} must divide the batch size (under "
+            "tf.distribute, the per-replica batch: global batch / replicas); "
+            "drop the last partial batch (`dataset.batch(..., drop_remainder=True)`)"
         )
+        static_batch = next(t for t in tf.nest.flatten(x) if t is not None).shape[0]
+        if static_batch is not None and static_batch % size:
+            # Known when the step is traced (eagerly, or `drop_remainder=True`):
+            # the same error type as the run-time check, raised before any op.
+            raise tf.errors.InvalidArgumentError(
+                None, None, f"{message}. Received: batch size={static_batch}"
+            )
+        batch = _batch_size(x)
+        divides = tf.equal(batch % size, 0)
+        check = tf.debugging.Assert(divides, [message + ". Received: batch size", batch])
+        data = (x, y, sample_weight)
+        with tf.control_dependencies([check]):
+            # Everything that indexes the batch reads it through the check, so
+            # the assertion fails before an out-of-range gather can.
+            batch = tf.identity(batch)
+            data = tf.nest.map_structure(lambda t: None if t is None else tf.identity(t), data)
         count = batch // size
 
         def positions(index):
@@ -388,7 +408,6 @@ class SharpnessAwareMixin:
 
             return tf.nest.map_structure(take, structure)
 
-        data = (x, y, sample_weight)
         # The first micro-batch runs outside the loop: its trace tells which
         # state variables the forward pass writes and the predictions' structure.
         first = self._sharpness_aware_pass(*chunk(data, 0), trainable, step=0)
@@ -448,10 +467,16 @@ class SharpnessAwareMixin:
             for s, is_float in zip(states, float_state)
         ]
         y_pred = tf.nest.pack_sequence_as(y_pred, buffers)
-        return (
-            gradients,
-            y_pred,
-            dict(zip(state_vars, states)),
-            loss * tf.cast(scale, loss.dtype),
-            perturbed_loss * tf.cast(scale, perturbed_loss.dtype),
-        )
+        loss = loss * tf.cast(scale, loss.dtype)
+        perturbed_loss = perturbed_loss * tf.cast(scale, perturbed_loss.dtype)
+
+        # Reached only where the assertion is compiled away (XLA): a batch that
+        # `size` does not divide gives NaN, never a plausible partial result.
+        def poison(t):
+            return tf.where(divides, t, tf.cast(float("nan"), t.dtype))
+
+        gradients = [poison(g) for g in gradients]
+        loss, perturbed_loss = poison(loss), poison(perturbed_loss)
+        current = self.non_trainable_variables
+        states = [tf.where(divides, s, current[v].value) for s, v in zip(states, state_vars)]
+        return gradients, y_pred, dict(zip(state_vars, states)), loss, perturbed_loss
