@@ -46,8 +46,9 @@ def phi_neglog(x):
     return 1.0 - tf.math.softplus(NEGLOG_GAMMA - x)
 
 
-# Largest `gamma - F` kept in `exp(gamma - F)`: far beyond where the term matters
-# (its weight is below e^-80), and the exponential stays finite in float32.
+# Largest `gamma - F` kept in `exp(gamma - F)` on the half-integer path: a term
+# clipped there weighs below e^-39 of the largest one (mu >= 1/2), which float32
+# cannot see, and the exponential stays finite. The any-`mu` path clips nothing.
 _MAX_EXPONENT = 80.0
 
 # `mu` values whose power `r**mu` is computed with square roots and products:
