@@ -76,7 +76,6 @@ def build_inputs(batch_size):
 
 
 def profile_keras(model_name, method, x, y, warmup, steps, jit_compile):
-    import keras
     import tensorflow as tf
     from xprof.convert import raw_to_tool_data
 
@@ -100,7 +99,6 @@ def profile_keras(model_name, method, x, y, warmup, steps, jit_compile):
         record = dict(zip(columns, (cell.get("v") for cell in row["c"])))
         if record["type"] != "IDLE":
             self_us[record["type"]] += record["total_self_time"]
-    del keras
     return summarize(self_us, steps)
 
 

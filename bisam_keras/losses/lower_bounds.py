@@ -167,12 +167,12 @@ def _tanh_q(scores, one_hot, mu, alpha, precise):
         if precise:
             terms_minus_one = tf.math.expm1(mu * (u - u_max))
             terms = terms_minus_one + 1.0
+            total = tf.reduce_sum(terms, axis=-1)
             mean_log = tf.math.log1p(tf.reduce_mean(terms_minus_one, axis=-1))
         else:
             terms = tf.exp(mu * (u - u_max))
-            num_classes = tf.cast(tf.shape(s)[-1], tf.float32)
-            mean_log = tf.math.log(tf.reduce_sum(terms, axis=-1) / num_classes)
-        total = tf.reduce_sum(terms, axis=-1)
+            total = tf.reduce_sum(terms, axis=-1)
+            mean_log = tf.math.log(total / tf.cast(tf.shape(s)[-1], tf.float32))
         q = u_max[:, 0] + mean_log / mu
 
         def grad(upstream):
