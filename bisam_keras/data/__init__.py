@@ -38,6 +38,7 @@ from bisam_keras.data.augment import (
     imagenet_train_preprocess,
 )
 from bisam_keras.data.catalog import names
+from bisam_keras.data.errors import DataError
 from bisam_keras.data.loading import load
 from bisam_keras.data.offline import read_tfrecord_folder, write_tfrecord_folder
 from bisam_keras.data.pipeline import Splits
@@ -46,6 +47,7 @@ from bisam_keras.data.stats import channel_stats, normalize
 from bisam_keras.data.tfds_source import DatasetUnavailableError
 
 __all__ = [
+    "DataError",
     "DatasetUnavailableError",
     "Splits",
     "channel_stats",
