@@ -33,6 +33,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     `tf.nn.fused_batch_norm` does; the difference is below float32 resolution
     unless a channel's variance is itself about `1e-5`.
 
+    Args:
+        unbiased_moving_variance: whether the moving variance averages the
+            Bessel-corrected batch variance (`n / (n - 1)` times the one it
+            normalizes with, `n` the values per channel), as PyTorch's
+            `BatchNorm2d` does, instead of Keras' biased one. Only the fused
+            path honours it (Keras' fallback keeps the biased update).
+            Defaults to `False`.
+        **kwargs: the arguments of `keras.layers.BatchNormalization`.
+
     Example:
 
     >>> layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
@@ -40,6 +49,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     >>> tuple(y.shape)
     (8, 4, 4, 3)
     """
+
+    def __init__(self, unbiased_moving_variance=False, **kwargs):
+        super().__init__(**kwargs)
+        self.unbiased_moving_variance = bool(unbiased_moving_variance)
+
+    def get_config(self):
+        return {**super().get_config(), "unbiased_moving_variance": self.unbiased_moving_variance}
 
     def _fusable(self, inputs, mask):
         return (
@@ -74,9 +90,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 is_training=True,
             )
             # The kernel returns the Bessel-corrected variance; Keras' moving
-            # average uses the biased one (what it normalizes with).
-            count = tf.cast(tf.size(x) // channels, tf.float32)
-            variance = unbiased_variance * tf.math.divide_no_nan(count - 1.0, count)
+            # average uses the biased one (what it normalizes with), PyTorch's
+            # the corrected one.
+            variance = unbiased_variance
+            if not self.unbiased_moving_variance:
+                count = tf.cast(tf.size(x) // channels, tf.float32)
+                variance = unbiased_variance * tf.math.divide_no_nan(count - 1.0, count)
             self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
                 moving_variance * self.momentum + variance * (1.0 - self.momentum)

@@ -5,12 +5,17 @@ The CIFAR models of the paper (`resnet20` ... `resnet110`, `wrn16_8`,
 `keras.applications` model under its own name (`ResNet50`, `EfficientNetV2B0`,
 ...) and, with keras-hub installed, `vit_b16`. Every model outputs float32
 logits from a final `Dense` layer (no softmax).
+
+`variant="authors"` builds the paper's models in the exact form of the
+authors' PyTorch code (`bisam_keras.models.authors`): the CIFAR ResNets, Wide
+ResNets, VGG-BN, DenseNet-121 and `ResNet50`/`ResNet101`/`ResNet152`.
 """
 
 import difflib
 import inspect
 
 from bisam_keras.models.applications import application_names, keras_application
+from bisam_keras.models.authors import BUILDERS as AUTHORS_BUILDERS
 from bisam_keras.models.cifar_resnet import DEPTHS, cifar_resnet
 from bisam_keras.models.densenet import CONFIGS as DENSENET_CONFIGS
 from bisam_keras.models.densenet import densenet
@@ -29,6 +34,8 @@ _FAMILIES = (
     (VIT_CONFIGS, vit),
 )
 _COMMON_ARGUMENTS = ("name", "num_classes", "input_shape")
+VARIANTS = ("authors", "keras")
+"""`"keras"`: the zoo's Keras-native models; `"authors"`: the authors' PyTorch forms."""
 
 
 def _builders():
@@ -42,16 +49,37 @@ def names():
     return sorted(_builders())
 
 
-def options(name):
-    """The keyword arguments `build(name, ...)` accepts beyond `input_shape`, sorted."""
-    builder = _builder(name)
+def variants(name):
+    """The `variant`s `build(name, ...)` accepts, sorted: `["authors", "keras"]` or `["keras"]`."""
+    _builder(name)
+    return sorted(VARIANTS) if name in AUTHORS_BUILDERS else ["keras"]
+
+
+def options(name, variant="keras"):
+    """The keyword arguments `build(name, ..., variant=variant)` accepts beyond `input_shape`."""
+    builder = _builder(name, variant)
     return sorted(set(inspect.signature(builder).parameters) - set(_COMMON_ARGUMENTS))
 
 
-def _builder(name):
+def _check_variant(variant):
+    if not isinstance(variant, str) or variant not in VARIANTS:
+        raise ValueError(
+            f"`variant` must be one of {list(VARIANTS)}. Received: variant={variant!r}"
+        )
+
+
+def _builder(name, variant="keras"):
+    _check_variant(variant)
     builders = _builders()
-    if name in builders:
+    if name in builders and variant == "keras":
         return builders[name]
+    if name in builders:
+        if name not in AUTHORS_BUILDERS:
+            raise ValueError(
+                "`variant='authors'` exists for the models of the authors' code only: "
+                f"{sorted(AUTHORS_BUILDERS)}. Received: name={name!r}, variant={variant!r}"
+            )
+        return AUTHORS_BUILDERS[name]
     by_lower = {n.lower(): n for n in builders}
     close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=5, cutoff=0.6)
     hint = f"Did you mean {[by_lower[c] for c in close]}? " if close else ""
@@ -60,7 +88,7 @@ def _builder(name):
     )
 
 
-def build(name, num_classes, input_shape=(32, 32, 3), **kwargs):
+def build(name, num_classes, input_shape=(32, 32, 3), variant="keras", **kwargs):
     """Builds a zoo model that outputs float32 logits.
 
     Args:
@@ -69,7 +97,11 @@ def build(name, num_classes, input_shape=(32, 32, 3), **kwargs):
         num_classes: the number of classes, `>= 2`.
         input_shape: the image shape `(height, width, channels)`.
             Defaults to `(32, 32, 3)`.
-        **kwargs: options of the model's family (see `options(name)`):
+        variant: `"keras"` for the zoo's Keras-native model, `"authors"` for
+            the exact form of the authors' PyTorch model of that name
+            (option-A shortcuts, symmetric padding, PyTorch's initialization;
+            see `variants(name)` and the Models guide). Defaults to `"keras"`.
+        **kwargs: options of the model's family (see `options(name, variant)`):
             `weight_decay` and `sync_batchnorm` for the CIFAR models, `dropout`
             for the Wide ResNets and ViT, `pretrained`, `weights_path` and
             `resize_to` for `keras.applications` models, `pretrained` and
@@ -84,11 +116,12 @@ def build(name, num_classes, input_shape=(32, 32, 3), **kwargs):
     >>> model.output.shape
     (None, 10)
     """
-    builder = _builder(name)
-    unknown = sorted(set(kwargs) - set(options(name)))
+    builder = _builder(name, variant)
+    accepted = options(name, variant)
+    unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(
-            f"`build({name!r}, ...)` accepts the options {options(name)}. "
+            f"`build({name!r}, ..., variant={variant!r})` accepts the options {accepted}. "
             f"Received unknown: {unknown}"
         )
     return builder(name, num_classes, input_shape, **kwargs)
