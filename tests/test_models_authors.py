@@ -242,6 +242,32 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
 
+def test_dropout_layers_where_the_authors_put_them():
+    # WRN-28-2: one dropout per unit, (1 + 4) units in each of 3 stages; none at rate 0.
+    wrn = models.build("wrn28_2", 10, variant="authors", dropout=0.3)
+    dropouts = [layer for layer in wrn.layers if isinstance(layer, keras.layers.Dropout)]
+    assert len(dropouts) == 15 and all(layer.rate == 0.3 for layer in dropouts)
+    assert not any(
+        isinstance(layer, keras.layers.Dropout)
+        for layer in models.build("wrn28_2", 10, variant="authors").layers
+    )
+    # VGG: nn.Dropout() (p = 0.5) before each of the two hidden linear layers.
+    vgg = models.build("vgg11_bn", 10, variant="authors")
+    dropouts = [layer.name for layer in vgg.layers if isinstance(layer, keras.layers.Dropout)]
+    assert dropouts == ["classifier_0", "classifier_3"]
+    assert vgg.get_layer("classifier_0").rate == 0.5
+
+
+def test_logits_stay_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.build("resnet20", 10, variant="authors")
+        y = model(np.zeros((2, 32, 32, 3), "float32"), training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert y.dtype == "float32"
+
+
 def test_sync_batchnorm_builds():
     model = models.build("resnet20", 10, variant="authors", sync_batchnorm=True)
     assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
