@@ -38,6 +38,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     the wrapper for the ascent objective and the perturbation.
 
     Subclasses (`SAM`, `BiSAM`) decide the ascent objective.
+
+    A model without that step (a plain `keras.Sequential`, Functional or
+    subclassed model) compiled with a wrapper raises `ValueError` at its
+    first training step, whatever `rho`: Keras' own `train_step` would pass
+    the gradients at `w` to `apply` and train with the inner optimizer alone.
     """
 
     def __init__(
