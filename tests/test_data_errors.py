@@ -171,9 +171,10 @@ def test_image_with_a_valid_header_that_does_not_decode(tmp_path, real_records):
     train = train[:7] + [_example(garbage, label)] + train[8:]
     folder, train_file, _ = _folder(tmp_path, train, test)
     message = _raises(folder, _load, folder, validation_fraction=0.0)
-    assert "does not decode" in message
+    assert "does not decode (jpeg::Uncompress failed" in message, message
+    assert "function_node" not in message and "Iterator::" not in message
     message = _raises(train_file, _load, folder, verify="full")
-    assert "record 7" in message and "does not decode" in message
+    assert "record 7: `image` does not decode: jpeg::Uncompress failed" in message, message
 
 
 # --------------------------------------------------------------- labels

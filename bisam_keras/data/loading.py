@@ -10,7 +10,7 @@ from bisam_keras.data.errors import DataError
 from bisam_keras.data.offline import decode, read_class_names, read_tfrecord_folder, shard_paths
 from bisam_keras.data.pipeline import build_splits, check_arguments, check_drop_remainder
 from bisam_keras.data.tfds_source import load_tfds
-from bisam_keras.data.verify import check_level
+from bisam_keras.data.verify import check_level, tf_reason
 
 
 def _folder_key(data_dir):
@@ -30,7 +30,7 @@ def _naming_undecodable_images(data_dir, build):
         try:
             return build(*args, **kwargs)
         except tf.errors.InvalidArgumentError as error:
-            reason = str(error.message).strip().splitlines()[0][:200]
+            reason = tf_reason(error)
             raise DataError(
                 f"{data_dir}: an image does not decode ({reason}); "
                 "`bisam_keras.data.load(..., verify='full')` names its file and record"

@@ -50,6 +50,20 @@ def check_level(verify):
         raise ValueError(f"`verify` must be one of {list(LEVELS)}. Received: verify={verify!r}")
 
 
+def tf_reason(error):
+    """The last, informative part of a TensorFlow error message, on one line.
+
+    Drops the `{{function_node ...}}` and `Error in user-defined function ...
+    Iterator::...:` prefixes that tf.data puts before the op's own message.
+    """
+    message = " ".join(str(getattr(error, "message", error)).split())
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = message.split("transformation with iterator: ")[-1]
+    message = re.sub(r"^(\w*Iterator::\S+: )", "", message)
+    message = re.sub(r"\s*\[Op:\w+\].*$", "", message)
+    return message[:200]
+
+
 def _is_image(head):
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
@@ -146,7 +160,7 @@ def _check_batch(file, first, heads, labels, num_classes):
             )
 
 
-def _decode_failures(file):
+def _decoded_indices(file):
     """Indices of the records of `file` whose image does not decode."""
 
     def decoded(index, record):
@@ -211,7 +225,7 @@ def verify_shard(file, num_classes=None, level="records"):
         _check_batch(file, count, heads.numpy().tolist(), labels.numpy(), num_classes)
         count += len(labels)
     if level == "full":
-        failures = np.setdiff1d(np.arange(count), _decode_failures(file))
+        failures = np.setdiff1d(np.arange(count), _decoded_indices(file))
         if failures.size:
             record = raw.unbatch().skip(int(failures[0])).take(1).get_single_element()
             image = tf.io.parse_single_example(record, _SPEC)["image"]
@@ -219,7 +233,7 @@ def verify_shard(file, num_classes=None, level="records"):
                 tf.io.decode_image(image, expand_animations=False)
                 reason = "it failed to decode"
             except tf.errors.InvalidArgumentError as error:
-                reason = str(error.message).strip().splitlines()[0][:200]
+                reason = tf_reason(error)
             raise DataError(f"{file}: record {int(failures[0])}: `image` does not decode: {reason}")
     _VERIFIED[key] = count
     return count
