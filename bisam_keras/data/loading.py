@@ -87,7 +87,7 @@ def load(
             test splits keep every example. Defaults to `False`.
         verify: with `data_dir`, scan every shard before building the
             pipeline (see `read_tfrecord_folder`): `"records"` (checksums,
-            features, label range, image signatures; about 2 s for CIFAR-10
+            features, label range, image signatures; about 1 s for CIFAR-10
             on 2 cores), `"full"` (also decodes every image; about 10x
             slower) or `None`. Defaults to `"records"`.
 
