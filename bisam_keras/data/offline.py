@@ -17,6 +17,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from bisam_keras.data.errors import DataError
+from bisam_keras.data.verify import check_level, verify_shards
+
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
@@ -58,7 +61,7 @@ def decode(encoded, channels=0):
     return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
 
 
-def read_tfrecord_folder(path, split, decode_images=True):
+def read_tfrecord_folder(path, split, decode_images=True, verify="records"):
     """Reads one split of an offline folder, in file order.
 
     Args:
@@ -67,11 +70,29 @@ def read_tfrecord_folder(path, split, decode_images=True):
         decode_images: decode the images to uint8 tensors; with `False` the
             dataset yields the encoded bytes (decode later with `decode`).
             Defaults to `True`.
+        verify: scan every shard before returning: `"records"` checks each
+            record's checksum, its `image` and `label` features, the label
+            range (`[0, number of classes in classes.txt)`, or `>= 0` without
+            a `classes.txt`) and that `image` starts like an encoded image;
+            `"full"` also decodes every image (slower); `None` skips the scan.
+            See `bisam_keras.data.verify`. Defaults to `"records"`.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)` pairs, label int64.
+
+    Raises:
+        DataError: for a truncated or corrupted shard, a record without the
+            two features or with a label out of range, an `image` that is not
+            an image, or a split without records; one line naming the file
+            and the record.
     """
+    check_level(verify)
     files = shard_paths(path, split)
+    if verify is not None:
+        classes = os.path.join(path, "classes.txt")
+        num_classes = len(read_class_names(path)) if os.path.isfile(classes) else None
+        if sum(verify_shards(files, num_classes, verify)) == 0:
+            raise DataError(f"{path}: the {split}-*.tfrecord shards hold no records")
     dataset = tf.data.TFRecordDataset(files).map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
     if decode_images:
         dataset = dataset.map(

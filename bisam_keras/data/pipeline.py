@@ -29,6 +29,7 @@ from bisam_keras.data.augment import (
     imagenet_eval_preprocess,
     imagenet_train_preprocess,
 )
+from bisam_keras.data.errors import DataError
 from bisam_keras.data.splitting import (
     check_fraction,
     label_noise_offsets,
@@ -102,6 +103,19 @@ def check_arguments(batch_size, validation_fraction, label_noise, subset, image_
     if image_size is not None and (not is_int(image_size) or image_size < 1):
         raise ValueError(
             f"`image_size` must be None or an int >= 1. Received: image_size={image_size!r}"
+        )
+
+
+def check_subset(subset, available, name):
+    """Raises `DataError` if `subset` asks for more than the `available` examples.
+
+    `available` may be counted on `subset + 1` examples at most: any value
+    above `subset` passes.
+    """
+    if available < subset:
+        raise DataError(
+            f"`subset`={subset} is larger than the training set of {name!r}, which holds "
+            f"{available} examples: pass subset <= {available}, or none for all of them"
         )
 
 
@@ -179,6 +193,7 @@ def build_splits(
     check_drop_remainder(drop_remainder)
     decode = decode or (lambda image: image)
     if subset is not None:
+        check_subset(subset, count(train_source.take(subset + 1)), name)
         train_source, test_source = train_source.take(subset), test_source.take(subset // 5)
     num_examples, num_test = count(train_source), count(test_source)
     train_index, validation_index = train_validation_split(num_examples, validation_fraction, seed)

@@ -1,5 +1,6 @@
 """The base class of the sharpness-aware optimizer wrappers (`SAM`, `BiSAM`)."""
 
+import contextlib
 import math
 import numbers
 import random
@@ -37,6 +38,11 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     the wrapper for the ascent objective and the perturbation.
 
     Subclasses (`SAM`, `BiSAM`) decide the ascent objective.
+
+    A model without that step (a plain `keras.Sequential`, Functional or
+    subclassed model) compiled with a wrapper raises `ValueError` at its
+    first training step, whatever `rho`: Keras' own `train_step` would pass
+    the gradients at `w` to `apply` and train with the inner optimizer alone.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
         self.sync_perturbation = sync_perturbation
         self.seed = int(seed)
+        self._descent_steps = 0
 
     # ----------------------------------------------------------------- maths
     def perturbation(self, gradients, variables, step_seed=None):
@@ -146,8 +153,43 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def variables(self):
         return self._variables + self.inner_optimizer.variables
 
+    @contextlib.contextmanager
+    def descent_step(self):
+        """Marks the `apply` calls of a sharpness-aware step as legitimate.
+
+        `SharpnessAwareMixin.train_step` applies its descent gradients inside
+        this context. Outside it, `apply` raises: a plain `keras.Model` would
+        hand the wrapper the gradients at `w`, and train with the inner
+        optimizer alone. A counter rather than a flag, and on the instance
+        rather than per thread: under `tf.distribute` each replica's step is
+        traced in its own thread, and the update itself may run in another.
+        """
+        self._descent_steps += 1
+        try:
+            yield
+        finally:
+            self._descent_steps -= 1
+
+    def _check_descent_step(self):
+        if not self._descent_steps:
+            kind = type(self).__name__
+            raise ValueError(
+                f"`{kind}` needs the sharpness-aware training step, which a plain "
+                f"keras.Model does not run: compiled with {kind}, its `fit` would train "
+                "with the inner optimizer alone. Wrap the model, "
+                "`model = bisam_keras.SharpnessAwareModel(model)`, or put "
+                "`bisam_keras.SharpnessAwareMixin` first among the bases of your Model "
+                f"class. Received: a {kind} applying gradients outside that step"
+            )
+
     def apply(self, grads, trainable_variables=None):
-        """Applies the descent gradients with the inner optimizer."""
+        """Applies the descent gradients with the inner optimizer.
+
+        Raises:
+            ValueError: when called outside `SharpnessAwareMixin.train_step`
+                (a model without the sharpness-aware step), whatever `rho`.
+        """
+        self._check_descent_step()
         if not self.built:
             with tf.name_scope(self.name):
                 self.build(trainable_variables)

@@ -224,7 +224,8 @@ class SharpnessAwareMixin:
         state = self.non_trainable_variables
         for index, value in state_updates.items():
             state[index].assign(value)
-        self.optimizer.apply(gradients, trainable)
+        with sam.descent_step():
+            self.optimizer.apply(gradients, trainable)
 
         batch_size = _batch_size(x)
         self._loss_tracker.update_state(_unscale_for_distribution(loss), sample_weight=batch_size)
