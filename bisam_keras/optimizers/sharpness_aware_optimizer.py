@@ -37,6 +37,14 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     the wrapper for the ascent objective and the perturbation.
 
     Subclasses (`SAM`, `BiSAM`) decide the ascent objective.
+
+    `weight_decay` is coupled decay at the unperturbed weights: the wrapper
+    adds `weight_decay * w` to the descent gradient `g(w + e)` before the
+    inner optimizer applies it, so the decay runs through momentum, as
+    PyTorch's `SGD(weight_decay=...)` does after SAM restores `w`. (An L2
+    regularizer in the loss instead adds `weight_decay * (w + e)`.) It applies
+    to every trainable variable, as PyTorch's default does, except those
+    excluded with `exclude_from_weight_decay()`.
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         micro_batch_size=None,
         sync_perturbation=False,
         seed=None,
+        weight_decay=0.0,
         name=None,
         **kwargs,
     ):
@@ -70,6 +79,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         if not isinstance(adaptive, bool):
             raise ValueError(f"`adaptive` must be a bool. Received: adaptive={adaptive!r}")
         eta = _check_number("eta", eta, 0.0)
+        weight_decay = _check_number("weight_decay", weight_decay, 0.0)
         swp_probability = _check_number("swp_probability", swp_probability, 0.0, 1.0, low_open=True)
         sds_fraction = _check_number("sds_fraction", sds_fraction, 0.0, 1.0, low_open=True)
         if micro_batch_size is not None and (
@@ -100,6 +110,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
         self.sync_perturbation = sync_perturbation
         self.seed = int(seed)
+        # Coupled decay, applied in `apply` (not Keras' decoupled decay, which
+        # the base class would apply to the variables themselves).
+        self.weight_decay = weight_decay
 
     # ----------------------------------------------------------------- maths
     def perturbation(self, gradients, variables, step_seed=None):
@@ -146,16 +159,44 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def variables(self):
         return self._variables + self.inner_optimizer.variables
 
+    def _decayed(self, grads, variables):
+        """`g + weight_decay * w` (times the loss scale if the inner optimizer scales)."""
+        if not self.weight_decay:
+            return grads
+        scale = 1.0
+        if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            # The gradients arrive scaled; the inner optimizer divides them.
+            scale = self.inner_optimizer.dynamic_scale
+        out = []
+        for g, v in zip(grads, variables):
+            if g is not None and (not hasattr(v, "path") or self._use_weight_decay(v)):
+                value = tf.convert_to_tensor(v)
+                decay = tf.cast(self.weight_decay * scale, value.dtype) * value
+                g = g + tf.cast(decay, g.dtype)
+            out.append(g)
+        return out
+
     def apply(self, grads, trainable_variables=None):
-        """Applies the descent gradients with the inner optimizer."""
+        """Applies the descent gradients (plus the coupled decay) with the inner optimizer."""
         if not self.built:
             with tf.name_scope(self.name):
                 self.build(trainable_variables)
             self.built = True
+        variables = (
+            self.inner_optimizer._trainable_variables
+            if trainable_variables is None
+            else trainable_variables
+        )
+        grads = self._decayed(list(grads), list(variables))
         return self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         own = len(self._variables)
+        if self.weight_decay:
+            grads = [
+                g if g is None else g + tf.cast(self.weight_decay, g.dtype) * tf.cast(v, g.dtype)
+                for g, v in zip(grads, trainable_variables)
+            ]
         new_trainable, new_inner = self.inner_optimizer.stateless_apply(
             optimizer_variables[own:], grads, trainable_variables
         )
@@ -191,6 +232,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             "micro_batch_size": self.micro_batch_size,
             "sync_perturbation": self.sync_perturbation,
             "seed": self.seed,
+            "weight_decay": self.weight_decay,
         }
 
     @classmethod
