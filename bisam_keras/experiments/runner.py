@@ -267,6 +267,16 @@ def keras_label_smoothing(smoothing, num_classes, convention="keras"):
     return float(smoothing) * num_classes / (num_classes - 1)
 
 
+def build_loss(config, num_classes):
+    """The run's cross-entropy on one-hot labels, with `config`'s label smoothing."""
+    return keras.losses.CategoricalCrossentropy(
+        from_logits=True,
+        label_smoothing=keras_label_smoothing(
+            config.label_smoothing, num_classes, config.label_smoothing_convention
+        ),
+    )
+
+
 def model_build_options(config):
     """The `bisam_keras.models.build` options of `config` (`pretrained`, `variant`).
 
@@ -530,12 +540,7 @@ def run(config, resume=False, callbacks=()):
             metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
         model.compile(
             optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True,
-                label_smoothing=keras_label_smoothing(
-                    config.label_smoothing, splits.num_classes, config.label_smoothing_convention
-                ),
-            ),
+            loss=build_loss(config, splits.num_classes),
             metrics=metrics,
             jit_compile=config.jit_compile,
         )
