@@ -509,8 +509,18 @@ def _preset_config(method, **overrides):
     return config.validate()
 
 
-@pytest.mark.parametrize("method", ["sgd", "sam", "bisam-neglog", "bisam-tanh"])
-def test_preset_steps_equal_the_authors_steps_in_float64(method):
+@pytest.mark.parametrize(
+    "method, jit",
+    [
+        ("sgd", False),
+        ("sam", False),
+        ("bisam-neglog", False),
+        ("bisam-tanh", False),
+        ("sgd", True),
+        ("bisam-neglog", True),
+    ],
+)
+def test_preset_steps_equal_the_authors_steps_in_float64(method, jit):
     """Three steps of the paper-cifar preset's training step against NumPy.
 
     The preset's loss, optimizer, schedule and momentum come from the
@@ -526,7 +536,7 @@ def test_preset_steps_equal_the_authors_steps_in_float64(method):
     inner = build_mlp(params)
     optimizer = runner.build_optimizer(config, total_steps=4, steps_per_epoch=2)
     model = inner if method == "sgd" else bk.SharpnessAwareModel(inner)
-    model.compile(optimizer=optimizer, loss=runner.build_loss(config, K))
+    model.compile(optimizer=optimizer, loss=runner.build_loss(config, K), jit_compile=jit)
     bound = {"sam": "sam", "sgd": "sgd"}.get(method, method.removeprefix("bisam-"))
     cfg = {
         "method": bound,
@@ -549,7 +559,7 @@ def test_preset_steps_equal_the_authors_steps_in_float64(method):
             np.concatenate([e.ravel() for e in expected]),
             rtol=RTOL,
             atol=ATOL,
-            err_msg=f"{method} step {step + 1}",
+            err_msg=f"{method} jit={jit} step {step + 1}",
         )
         variants = {
             "keras momentum": {"momentum_form": "keras"},
