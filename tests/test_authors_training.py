@@ -15,6 +15,7 @@ one float32 rounding of a float64 value (relative 6e-8 < 1e-6).
 """
 
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -575,3 +576,37 @@ def test_preset_steps_equal_the_authors_steps_in_float64(method, jit):
         if method == "sgd" and name == "decay at w+e":
             continue  # no perturbation: the two are the same for SGD
         assert max_diff(inner.get_weights(), params_) > 20 * (ATOL + RTOL), name
+
+
+@pytest.mark.slow
+def test_cli_run_with_the_authors_options(tmp_path):
+    out = str(tmp_path / "runs")
+    flags = [
+        "--dataset=digits",
+        "--subset=200",
+        "--batch-size=64",
+        "--epochs=1",
+        "--models=resnet20",
+        "--verbose=0",
+        "--schedule=cosine-epoch",
+        "--label-smoothing-convention=authors",
+        "--weight-decay-mode=at-w",
+        "--momentum-convention=torch",
+        "--cutout",
+        "--validation-split=authors",
+        "--stats-from=all",
+        f"--output={out}",
+    ]
+    assert cli.main(["compare", "--methods", "sgd", "sam", *flags]) == 0
+    for method in ("sgd", "sam"):
+        run_dir = os.path.join(out, "digits", "resnet20", method, "seed0")
+        config = runner.RunConfig(**json.load(open(f"{run_dir}/config.json")))
+        assert (config.weight_decay_mode, config.cutout, config.stats_from) == ("at-w", True, "all")
+        model = keras.models.load_model(os.path.join(run_dir, "best.keras"))
+        optimizer = model.optimizer
+        assert isinstance(optimizer, bk.SAM) and optimizer.weight_decay == 5e-4
+        assert isinstance(optimizer.inner_optimizer, TorchSGD)
+        schedule = optimizer.inner_optimizer.get_config()["learning_rate"]
+        assert schedule["class_name"] == "EpochCosineDecay"
+        assert not model.losses  # no L2 term in the loss: the decay is at w
+        assert optimizer.rho == (0.0 if method == "sgd" else 0.05)

@@ -170,6 +170,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         out = []
         for g, v in zip(grads, variables):
             if g is not None and (not hasattr(v, "path") or self._use_weight_decay(v)):
+                g = tf.convert_to_tensor(g)  # densifies IndexedSlices: w is dense
                 value = tf.convert_to_tensor(v)
                 decay = tf.cast(self.weight_decay * scale, value.dtype) * value
                 g = g + tf.cast(decay, g.dtype)
