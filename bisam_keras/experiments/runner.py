@@ -61,8 +61,9 @@ class RunConfig:
         batch_size: the global batch size. Defaults to `128`.
         lr: the (peak) learning rate. Defaults to `0.1`.
         momentum: SGD momentum. Defaults to `0.9`.
-        weight_decay: coupled L2 on every trainable variable for SGD, the
-            decoupled decay of AdamW. Defaults to `5e-4`.
+        weight_decay: coupled decay on every trainable variable for SGD
+            (where: `weight_decay_mode`), the decoupled decay of AdamW.
+            Defaults to `5e-4`.
         optimizer: `"sgd"` or `"adamw"`. Defaults to `"sgd"`.
         schedule: `"cosine"` (decay to 0 over the run, every step),
             `"cosine-epoch"` (`bisam_keras.optimizers.EpochCosineDecay`: decay
