@@ -159,14 +159,8 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     def variables(self):
         return self._variables + self.inner_optimizer.variables
 
-    def _decayed(self, grads, variables):
-        """`g + weight_decay * w` (times the loss scale if the inner optimizer scales)."""
-        if not self.weight_decay:
-            return grads
-        scale = 1.0
-        if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
-            # The gradients arrive scaled; the inner optimizer divides them.
-            scale = self.inner_optimizer.dynamic_scale
+    def _decayed(self, grads, variables, scale=1.0):
+        """`g + weight_decay * w`, times `scale` (the loss scale of scaled gradients)."""
         out = []
         for g, v in zip(grads, variables):
             if g is not None and (not hasattr(v, "path") or self._use_weight_decay(v)):
@@ -177,6 +171,12 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             out.append(g)
         return out
 
+    def _loss_scale(self):
+        if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            # The gradients arrive scaled; the inner optimizer divides them.
+            return self.inner_optimizer.dynamic_scale
+        return 1.0
+
     def apply(self, grads, trainable_variables=None):
         """Applies the descent gradients (plus the coupled decay) with the inner optimizer."""
         if not self.built:
@@ -184,20 +184,21 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 self.build(trainable_variables)
             self.built = True
         variables = (
-            self.inner_optimizer._trainable_variables
-            if trainable_variables is None
-            else trainable_variables
+            self._trainable_variables if trainable_variables is None else trainable_variables
         )
-        grads = self._decayed(list(grads), list(variables))
+        if self.weight_decay:
+            grads = self._decayed(list(grads), list(variables), scale=self._loss_scale())
         return self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        own = len(self._variables)
+        # Keras' TensorFlow backend has no stateless_apply (the inner optimizer
+        # raises); the coupled decay is implemented in `apply` only.
         if self.weight_decay:
-            grads = [
-                g if g is None else g + tf.cast(self.weight_decay, g.dtype) * tf.cast(v, g.dtype)
-                for g, v in zip(grads, trainable_variables)
-            ]
+            raise ValueError(
+                "`weight_decay` is applied by `apply`, not `stateless_apply`. "
+                f"Received: weight_decay={self.weight_decay}"
+            )
+        own = len(self._variables)
         new_trainable, new_inner = self.inner_optimizer.stateless_apply(
             optimizer_variables[own:], grads, trainable_variables
         )
