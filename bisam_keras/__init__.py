@@ -14,7 +14,7 @@ model.fit(train_ds, epochs=200)
 ```
 """
 
-from bisam_keras import data, experiments, losses, models
+from bisam_keras import data, experiments, losses, models, optimizers
 from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer
 from bisam_keras.training import SharpnessAwareMixin, SharpnessAwareModel
 
@@ -30,4 +30,5 @@ __all__ = [
     "experiments",
     "losses",
     "models",
+    "optimizers",
 ]

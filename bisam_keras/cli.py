@@ -35,6 +35,15 @@ RUN_FLAGS = {
     "micro_batch_size": int,
     "subset": int,
     "validation_fraction": float,
+    # The authors' training script (docs/hyperparameters.md), see _add_authors_flags.
+    "schedule": str,
+    "label_smoothing_convention": str,
+    "weight_decay_mode": str,
+    "momentum_convention": str,
+    "cutout": bool,
+    "validation_split": str,
+    "stats_from": str,
+    "model_variant": str,
 }
 
 
@@ -124,6 +133,59 @@ def _add_run_flags(parser, several):
         help="all-reduce the ascent gradient across replicas (default: per-replica)",
     )
     g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2))
+    _add_authors_flags(g)
+
+
+def _add_authors_flags(g):
+    """Flags choosing between Keras' behaviour and the authors' script (presets: theirs)."""
+    g.add_argument(
+        "--schedule",
+        choices=("cosine", "cosine-epoch", "constant", "linear-warmup"),
+        help="cosine: decays every step; cosine-epoch: PyTorch's CosineAnnealingLR stepped "
+        "once per epoch (paper presets); default: cosine, or the preset's",
+    )
+    g.add_argument(
+        "--label-smoothing-convention",
+        choices=("keras", "authors"),
+        help="keras: y(1-s)+s/K; authors: true class 1-s, others s/(K-1) "
+        "(paper presets); default: keras",
+    )
+    g.add_argument(
+        "--weight-decay-mode",
+        choices=("l2", "at-w"),
+        help="l2: L2 regularizer in the loss (gradient at w+e); at-w: wd*w added to the "
+        "descent gradient, PyTorch's SGD(weight_decay) (paper presets); default: l2",
+    )
+    g.add_argument(
+        "--momentum-convention",
+        choices=("keras", "torch"),
+        help="keras: v=m*v-lr*g; torch: buf=m*buf+g, w-=lr*buf (paper presets); default: keras",
+    )
+    g.add_argument(
+        "--cutout",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the authors' Cutout (16x16, p=0.5, after normalization); default: on for "
+        "paper-cifar, else off",
+    )
+    g.add_argument(
+        "--validation-split",
+        choices=("seeded", "authors"),
+        help="seeded: by --seeds; authors: fixed np.random.seed(42) split for every seed "
+        "(paper-cifar); default: seeded",
+    )
+    g.add_argument(
+        "--stats-from",
+        choices=("train", "all"),
+        help="normalization statistics from the train part or all training images "
+        "(paper-cifar); default: train",
+    )
+    g.add_argument(
+        "--model-variant",
+        choices=("keras", "authors"),
+        help="the zoo's Keras model or the authors' architecture/initialization "
+        "(paper presets); default: keras",
+    )
 
 
 def make_configs(args, several=False):
@@ -163,6 +225,14 @@ def make_configs(args, several=False):
                     "sds_fraction",
                     "micro_batch_size",
                     "pretrained",
+                    # The authors' training script (presets.AUTHORS_TRAINING).
+                    "label_smoothing_convention",
+                    "weight_decay_mode",
+                    "momentum_convention",
+                    "cutout",
+                    "validation_split",
+                    "stats_from",
+                    "model_variant",
                 ):
                     if key in preset:
                         values[key] = preset[key]

@@ -655,6 +655,7 @@ CONFIG_KEYS = [
     "sds_fraction",
     "micro_batch_size",
     "seed",
+    "weight_decay",
 ]
 
 
@@ -807,10 +808,18 @@ def _ascent_value(opt, y, f):
             sds_fraction=0.5,
             micro_batch_size=2,
             seed=5,
+            weight_decay=1e-3,
             name="s",
         ),
         lambda: bk.BiSAM(
             keras.optimizers.Adam(0.01), rho=0.1, lower_bound="neglog", mu=2.5, seed=6
+        ),
+        lambda: bk.BiSAM(
+            bk.optimizers.TorchSGD(bk.optimizers.EpochCosineDecay(0.1, 3, 7), momentum=0.9),
+            rho=0.05,
+            mu=1.5,
+            weight_decay=5e-4,
+            seed=10,
         ),
         lambda: bk.BiSAM(
             keras.optimizers.SGD(0.2),
@@ -828,7 +837,14 @@ def _ascent_value(opt, y, f):
         ),
         lambda: bk.BiSAM(keras.optimizers.SGD(0.2), lower_bound=ce_loss(), seed=9),
     ],
-    ids=["sam", "bisam-neglog", "bisam-tanh", "bisam-loss-tanh", "bisam-loss-ce"],
+    ids=[
+        "sam",
+        "bisam-neglog",
+        "bisam-torch-sgd-decay",
+        "bisam-tanh",
+        "bisam-loss-tanh",
+        "bisam-loss-ce",
+    ],
 )
 def test_optimizer_config_round_trip(factory):
     opt = factory()

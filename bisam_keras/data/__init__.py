@@ -34,6 +34,7 @@ Without network, tfds datasets that are not prepared raise
 from bisam_keras.data.arrays import from_arrays
 from bisam_keras.data.augment import (
     cifar_augment,
+    cutout,
     imagenet_eval_preprocess,
     imagenet_train_preprocess,
 )
@@ -42,7 +43,11 @@ from bisam_keras.data.errors import DataError
 from bisam_keras.data.loading import load
 from bisam_keras.data.offline import read_tfrecord_folder, write_tfrecord_folder
 from bisam_keras.data.pipeline import Splits
-from bisam_keras.data.splitting import corrupt_labels, train_validation_split
+from bisam_keras.data.splitting import (
+    authors_validation_split,
+    corrupt_labels,
+    train_validation_split,
+)
 from bisam_keras.data.stats import channel_stats, normalize
 from bisam_keras.data.tfds_source import DatasetUnavailableError
 
@@ -50,9 +55,11 @@ __all__ = [
     "DataError",
     "DatasetUnavailableError",
     "Splits",
+    "authors_validation_split",
     "channel_stats",
     "cifar_augment",
     "corrupt_labels",
+    "cutout",
     "from_arrays",
     "imagenet_eval_preprocess",
     "imagenet_train_preprocess",

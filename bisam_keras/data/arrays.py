@@ -21,6 +21,9 @@ def from_arrays(
     subset=None,
     augment=True,
     drop_remainder=False,
+    validation_split="seeded",
+    stats_from="train",
+    cutout=False,
 ):
     """Builds `Splits` from image arrays, with the same pipeline as `load`.
 
@@ -45,6 +48,10 @@ def from_arrays(
             part. Defaults to `True`.
         drop_remainder: drop the last, smaller training batch of each epoch,
             as in `load`. Defaults to `False`.
+        validation_split: `"seeded"` or `"authors"`, as in `load`.
+            Defaults to `"seeded"`.
+        stats_from: `"train"` or `"all"`, as in `load`. Defaults to `"train"`.
+        cutout: the paper's code's Cutout, as in `load`. Defaults to `False`.
 
     Returns:
         A `Splits`.
@@ -91,6 +98,9 @@ def from_arrays(
         subset=subset,
         augment=augment,
         drop_remainder=drop_remainder,
+        validation_split=validation_split,
+        stats_from=stats_from,
+        cutout=cutout,
     )
 
 

@@ -11,6 +11,10 @@ after (`normalize`). Random ones use TensorFlow's stateless ops, so a given
   aspect ratio 3/4-4/3) resized to `image_size`, random horizontal flip.
 - `imagenet_eval_preprocess`: resize the shorter side to
   `image_size / 0.875`, then a central `image_size` crop.
+- `cutout`: with probability `probability`, zero a `size x size` square whose
+  top-left corner is uniform in `[-size // 2, side - size // 2)` per axis,
+  clipped at the border (the paper's code, `utility/cutout.py`); applied
+  after normalization, so the square holds the mean pixel.
 """
 
 import tensorflow as tf
@@ -87,3 +91,65 @@ def imagenet_eval_preprocess(image, image_size=224, crop_fraction=0.875):
     top = (new_size[0] - image_size) // 2
     left = (new_size[1] - image_size) // 2
     return tf.image.crop_to_bounding_box(resized, top, left, image_size, image_size)
+
+
+def cutout_box(seed, height, width, size=16, probability=0.5):
+    """The random draws of `cutout`: `(apply, top, left)` for one image.
+
+    `apply` is a bool (true with probability `probability`), `top` and `left`
+    int32 corners uniform in `[-(size // 2), height - size // 2)` and
+    `[-(size // 2), width - size // 2)`, as `torch.randint` draws them in the
+    paper's `Cutout`.
+
+    Args:
+        seed: an int tensor of shape `(2,)`.
+        height, width: the image's size.
+        size: the side of the square. Defaults to `16`.
+        probability: the probability of a square. Defaults to `0.5`.
+    """
+    coin_seed, top_seed, left_seed = _seeds(seed, 3)
+    half = size // 2
+    coin = tf.random.stateless_uniform([], coin_seed)
+    top = tf.random.stateless_uniform(
+        [], top_seed, minval=-half, maxval=height - half, dtype=tf.int32
+    )
+    left = tf.random.stateless_uniform(
+        [], left_seed, minval=-half, maxval=width - half, dtype=tf.int32
+    )
+    # torch: `if rand() > p: return image`, so a square with probability p.
+    return coin <= probability, top, left
+
+
+def cutout(image, seed=None, size=16, probability=0.5):
+    """Cutout (DeVries & Taylor, 2017) as in the paper's code.
+
+    With probability `probability`, sets to 0 (every channel) the pixels of a
+    `size x size` square whose top-left corner `(top, left)` is drawn
+    uniformly from `[-(size // 2), height - size // 2) x
+    [-(size // 2), width - size // 2)`; the part outside the image is
+    dropped. Apply it to normalized images: the square then holds the mean.
+
+    Args:
+        image: a `(height, width, channels)` tensor (static height and width).
+        seed: an int tensor of shape `(2,)`; `None` draws one. Defaults to `None`.
+        size: the side of the square, an int `>= 1`. Defaults to `16`.
+        probability: the probability of a square, in `[0, 1]`. Defaults to `0.5`.
+
+    Returns:
+        A tensor like `image`.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"`size` must be an int >= 1. Received: size={size!r}")
+    if isinstance(probability, bool) or not 0.0 <= probability <= 1.0:
+        raise ValueError(
+            f"`probability` must be a number in [0, 1]. Received: probability={probability!r}"
+        )
+    height, width = image.shape[0], image.shape[1]
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+    apply, top, left = cutout_box(seed, height, width, size, probability)
+    rows = tf.range(height)[:, None]
+    cols = tf.range(width)[None, :]
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    mask = tf.logical_and(inside, apply)[:, :, None]
+    return tf.where(mask, tf.zeros_like(image), image)

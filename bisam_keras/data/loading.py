@@ -8,7 +8,12 @@ from bisam_keras.data.arrays import digits_arrays, from_arrays
 from bisam_keras.data.catalog import DATASETS, DEFAULT_IMAGE_SIZE, names
 from bisam_keras.data.errors import DataError
 from bisam_keras.data.offline import decode, read_class_names, read_tfrecord_folder, shard_paths
-from bisam_keras.data.pipeline import build_splits, check_arguments, check_drop_remainder
+from bisam_keras.data.pipeline import (
+    build_splits,
+    check_arguments,
+    check_authors_options,
+    check_drop_remainder,
+)
 from bisam_keras.data.tfds_source import load_tfds
 from bisam_keras.data.verify import check_level, tf_reason
 
@@ -52,6 +57,9 @@ def load(
     tfds_dir=None,
     drop_remainder=False,
     verify="records",
+    validation_split="seeded",
+    stats_from="train",
+    cutout=False,
 ):
     """Loads a dataset as normalized, batched train/validation/test splits.
 
@@ -90,6 +98,22 @@ def load(
             features, label range, image signatures; about 1 s for CIFAR-10
             on 2 cores), `"full"` (also decodes every image; about 10x
             slower) or `None`. Defaults to `"records"`.
+        validation_split: `"seeded"`: a permutation drawn from `seed`, the
+            first `round(validation_fraction * n)` indices held out;
+            `"authors"`: the paper's code's split, the same for every `seed`
+            (`np.random.seed(42)` shuffle, the first
+            `floor(validation_fraction * n)` indices held out; see
+            `authors_validation_split`). Defaults to `"seeded"`.
+        stats_from: the normalization statistics come from the `"train"`
+            part, or from `"all"` the training set, validation part included
+            (the paper's code). Ignored where the dataset has fixed statistics
+            (ImageNet). Defaults to `"train"`.
+        cutout: after normalization, with probability 0.5 zero a 16x16
+            square of each training image, its corner uniform in
+            `[-8, side - 8)` per axis, clipped at the border (the paper's
+            code's `Cutout`; see `bisam_keras.data.augment.cutout`); keyed by
+            `(seed, epoch, example)` like the other augmentations.
+            Defaults to `False`.
 
     Returns:
         A `Splits`.
@@ -115,6 +139,7 @@ def load(
     check_arguments(batch_size, validation_fraction, label_noise, subset, image_size)
     check_drop_remainder(drop_remainder)
     check_level(verify)
+    check_authors_options(validation_split, stats_from, cutout)
     if spec.style == "small" and image_size is not None:
         raise ValueError(
             f"`image_size` only applies to ImageNet-style datasets, not {name!r}. "
@@ -130,6 +155,9 @@ def load(
         subset=subset,
         augment=augment and spec.augment,
         drop_remainder=drop_remainder,
+        validation_split=validation_split,
+        stats_from=stats_from,
+        cutout=cutout,
     )
     if data_dir is None and name == "digits":
         return from_arrays(*digits_arrays(), name=name, **options)

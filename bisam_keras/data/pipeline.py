@@ -29,8 +29,13 @@ from bisam_keras.data.augment import (
     imagenet_eval_preprocess,
     imagenet_train_preprocess,
 )
+from bisam_keras.data.augment import (
+    cutout as cutout_fn,
+)
 from bisam_keras.data.errors import DataError
 from bisam_keras.data.splitting import (
+    VALIDATION_SPLITS,
+    authors_validation_split,
     check_fraction,
     label_noise_offsets,
     train_validation_split,
@@ -38,6 +43,8 @@ from bisam_keras.data.splitting import (
 from bisam_keras.data.stats import channel_stats, normalize
 
 AUTOTUNE = tf.data.AUTOTUNE
+CUTOUT_STREAM = 1
+"""Folded into an example's augmentation seed to key its cutout draws."""
 _STATS_CACHE = {}
 
 
@@ -119,6 +126,25 @@ def check_subset(subset, available, name):
         )
 
 
+STATS_FROM = ("train", "all")
+"""Where `load(stats_from=...)` takes the normalization statistics from."""
+
+
+def check_authors_options(validation_split, stats_from, cutout):
+    """Raises `ValueError` naming the first invalid one of these `load` arguments."""
+    if validation_split not in VALIDATION_SPLITS:
+        raise ValueError(
+            f"`validation_split` must be one of {list(VALIDATION_SPLITS)}. "
+            f"Received: validation_split={validation_split!r}"
+        )
+    if stats_from not in STATS_FROM:
+        raise ValueError(
+            f"`stats_from` must be one of {list(STATS_FROM)}. Received: stats_from={stats_from!r}"
+        )
+    if not isinstance(cutout, bool):
+        raise ValueError(f"`cutout` must be a bool. Received: cutout={cutout!r}")
+
+
 def check_drop_remainder(drop_remainder):
     if not isinstance(drop_remainder, bool):
         raise ValueError(
@@ -174,6 +200,9 @@ def build_splits(
     std=None,
     stats_key=None,
     drop_remainder=False,
+    validation_split="seeded",
+    stats_from="train",
+    cutout=False,
 ):
     """Builds `Splits` from raw sources of `(image, label)` (see the module docstring).
 
@@ -187,16 +216,23 @@ def build_splits(
         stats_key: hashable identity of the training part, to compute its
             statistics once per process.
         drop_remainder: drop the last, smaller batch of each training epoch.
+        validation_split, stats_from, cutout: see `load`.
         The other arguments are those of `load`.
     """
     check_arguments(batch_size, validation_fraction, label_noise, subset, image_size)
     check_drop_remainder(drop_remainder)
+    check_authors_options(validation_split, stats_from, cutout)
     decode = decode or (lambda image: image)
     if subset is not None:
         check_subset(subset, count(train_source.take(subset + 1)), name)
         train_source, test_source = train_source.take(subset), test_source.take(subset // 5)
     num_examples, num_test = count(train_source), count(test_source)
-    train_index, validation_index = train_validation_split(num_examples, validation_fraction, seed)
+    if validation_split == "authors":
+        train_index, validation_index = authors_validation_split(num_examples, validation_fraction)
+    else:
+        train_index, validation_index = train_validation_split(
+            num_examples, validation_fraction, seed
+        )
     if drop_remainder and len(train_index) < batch_size:
         raise ValueError(
             f"`batch_size` must not exceed the {len(train_index)} training examples when "
@@ -247,10 +283,19 @@ def build_splits(
             return imagenet_eval_preprocess(decode(image), image_size)
 
     if mean is None:
-        key = None if stats_key is None else (stats_key, num_examples, validation_fraction, seed)
+        key = None
+        if stats_key is not None:
+            split_key = (validation_split, validation_fraction)
+            if validation_split == "seeded":
+                split_key += (seed,)
+            key = (stats_key, num_examples, stats_from) + (() if stats_from == "all" else split_key)
         stats = _STATS_CACHE.get(key)
         if stats is None:
-            images = train.map(lambda image, label: decode(image)) if style != "small" else train
+            # "all": the whole training set, train and validation parts (the
+            # paper's code); "train": the train part alone.
+            images = train if stats_from == "train" else train.concatenate(validation)
+            if style != "small":
+                images = images.map(lambda image, label: decode(image))
             stats = channel_stats(images)
             if key is not None:
                 _STATS_CACHE[key] = stats
@@ -271,11 +316,19 @@ def build_splits(
         shuffled = _shuffle(cached_train, buffer, epoch_seed)
         return shuffled.enumerate().map(
             lambda i, example: (
-                normalize(preprocess_train(example[0], tf.stack([epoch_seed, i])), mean, std),
+                train_image(example[0], tf.stack([epoch_seed, i])),
                 example[1],
             ),
             num_parallel_calls=AUTOTUNE,
         )
+
+    def train_image(image, example_seed):
+        image = normalize(preprocess_train(image, example_seed), mean, std)
+        if cutout:
+            # Its own stream, so that turning cutout on leaves crops and flips as they were.
+            cutout_seed = tf.random.experimental.stateless_fold_in(example_seed, CUTOUT_STREAM)
+            image = cutout_fn(image, cutout_seed)
+        return image
 
     train = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
     train = train.apply(tf.data.experimental.assert_cardinality(len(train_index)))

@@ -63,6 +63,57 @@ def train_validation_split(num_examples, validation_fraction=0.1, seed=0):
     return np.sort(order[num_validation:]), np.sort(order[:num_validation])
 
 
+AUTHORS_SPLIT_SEED = 42
+"""The seed of the paper's code's split (`np.random.seed(42)` in `utility/cifar.py`)."""
+
+VALIDATION_SPLITS = ("seeded", "authors")
+"""The `validation_split` methods of `bisam_keras.data.load`."""
+
+
+def authors_validation_split(num_examples, validation_fraction=0.1):
+    """The paper's code's split: the same for every run and seed.
+
+    `utility/cifar.py` does, for the 50,000 CIFAR training images:
+
+    ```
+    indices = list(range(n)); split = int(np.floor(0.1 * n))
+    np.random.seed(42); np.random.shuffle(indices)
+    train, validation = indices[split:], indices[:split]
+    ```
+
+    This function draws the same permutation from a private
+    `np.random.RandomState(42)` (NumPy's global state is left alone).
+
+    Args:
+        num_examples: the size of the training set, an int `>= 1`.
+        validation_fraction: the fraction held out, in `[0, 1)`;
+            `floor(validation_fraction * num_examples)` indices. Defaults to `0.1`.
+
+    Returns:
+        `(train_indices, validation_indices)`: disjoint sorted int64 arrays.
+
+    Example:
+
+    >>> train, val = authors_validation_split(50_000)
+    >>> len(train), len(val)
+    (45000, 5000)
+    """
+    if (
+        isinstance(num_examples, bool)
+        or not isinstance(num_examples, int | np.integer)
+        or num_examples < 1
+    ):
+        raise ValueError(
+            f"`num_examples` must be an int >= 1. Received: num_examples={num_examples!r}"
+        )
+    check_fraction(validation_fraction, "validation_fraction", upper_inclusive=False)
+    split = int(np.floor(validation_fraction * num_examples))
+    indices = list(range(num_examples))
+    np.random.RandomState(AUTHORS_SPLIT_SEED).shuffle(indices)
+    order = np.asarray(indices, np.int64)
+    return np.sort(order[split:]), np.sort(order[:split])
+
+
 def label_noise_offsets(num_examples, fraction, num_classes, seed=0):
     """The additive label offsets of `corrupt_labels` (0 where a label is kept).
 

@@ -72,16 +72,22 @@ def make_optimizer(
     micro_batch_size=None,
     sync_perturbation=False,
     seed=None,
+    weight_decay=0.0,
 ):
     """The optimizer for `method`, wrapping `inner_optimizer`.
 
-    `sgd` returns `inner_optimizer` itself; the efficient methods use
-    `swp_probability` and `sds_fraction` (the paper's `beta = gamma = 0.5`),
-    the others ignore them.
+    `sgd` returns `inner_optimizer` itself, or with a coupled `weight_decay`
+    a `SAM` with `rho=0` (the inner optimizer with `weight_decay * w` added to
+    each gradient); the efficient methods use `swp_probability` and
+    `sds_fraction` (the paper's `beta = gamma = 0.5`), the others ignore them.
+    `weight_decay` is the wrappers' coupled decay at `w`.
     """
     if not is_sharpness_aware(method):
+        if weight_decay:
+            return SAM(inner_optimizer, rho=0.0, weight_decay=weight_decay, seed=seed)
         return inner_optimizer
     kwargs = dict(
+        weight_decay=weight_decay,
         rho=rho,
         adaptive=is_adaptive(method),
         eta=eta,

@@ -26,6 +26,7 @@ from bisam_keras import data as data_lib
 from bisam_keras import models as models_lib
 from bisam_keras.experiments import methods as methods_lib
 from bisam_keras.experiments import protocol
+from bisam_keras.optimizers import EpochCosineDecay, TorchSGD
 from bisam_keras.training import SharpnessAwareModel
 
 
@@ -33,7 +34,7 @@ from bisam_keras.training import SharpnessAwareModel
 class RunConfig:
     """Everything that defines one run; saved as `config.json` beside it.
 
-    Every field but `optimizer`, `schedule`, `warmup_steps`, `global_clipnorm`,
+    Every field but `optimizer`, `warmup_steps`, `global_clipnorm`,
     `swp_probability` and `sds_fraction` has a `bisam-keras train` flag of the
     same name (`--batch-size` for `batch_size`, `--pretrained` /
     `--no-pretrained` for `pretrained`, ...); the defaults below are those of
@@ -60,10 +61,14 @@ class RunConfig:
         batch_size: the global batch size. Defaults to `128`.
         lr: the (peak) learning rate. Defaults to `0.1`.
         momentum: SGD momentum. Defaults to `0.9`.
-        weight_decay: coupled L2 on every trainable variable for SGD, the
-            decoupled decay of AdamW. Defaults to `5e-4`.
+        weight_decay: coupled decay on every trainable variable for SGD
+            (where: `weight_decay_mode`), the decoupled decay of AdamW.
+            Defaults to `5e-4`.
         optimizer: `"sgd"` or `"adamw"`. Defaults to `"sgd"`.
-        schedule: `"cosine"` (decay to 0 over the run), `"constant"` or
+        schedule: `"cosine"` (decay to 0 over the run, every step),
+            `"cosine-epoch"` (`bisam_keras.optimizers.EpochCosineDecay`: decay
+            to 0 over the run's epochs, constant within an epoch, PyTorch's
+            `CosineAnnealingLR` in the paper's code), `"constant"` or
             `"linear-warmup"` (`LinearWarmupDecay`). Defaults to `"cosine"`.
         warmup_steps: warm-up steps of `"linear-warmup"`. Defaults to `0`.
         global_clipnorm: gradient clipping by global norm, or `None`.
@@ -92,6 +97,31 @@ class RunConfig:
         sync_perturbation: all-reduce the ascent gradient across replicas.
             Defaults to `False`.
         verbose: `fit`'s verbosity. Defaults to `2`.
+        label_smoothing_convention: `"keras"`: the targets are
+            `y (1 - ls) + ls / K`; `"authors"`: the paper's code's
+            `smooth_crossentropy`, true class `1 - ls` and every other class
+            `ls / (K - 1)`, which is Keras' smoothing `ls K / (K - 1)`.
+            Defaults to `"keras"`.
+        weight_decay_mode: for SGD, `"l2"`: an L2 regularizer on every
+            trainable variable (its gradient `weight_decay * (w + e)` is
+            taken at the perturbed weights, and the logged loss includes it);
+            `"at-w"`: the wrapper's coupled `weight_decay`, `weight_decay * w`
+            added to the descent gradient (PyTorch's `SGD(weight_decay)` in the
+            paper's code; for the `sgd` method a `SAM` with `rho=0`).
+            Defaults to `"l2"`.
+        momentum_convention: `"keras"`: `keras.optimizers.SGD`; `"torch"`:
+            `bisam_keras.optimizers.TorchSGD` (PyTorch's momentum; the two
+            differ when the learning rate changes). Defaults to `"keras"`.
+        cutout: the paper's code's Cutout on training images (see
+            `bisam_keras.data.load`). Defaults to `False`.
+        validation_split: `"seeded"` (by the run's seed) or `"authors"` (the
+            paper's code's fixed split, the same for every seed). Defaults to
+            `"seeded"`.
+        stats_from: normalization statistics from the `"train"` part or from
+            `"all"` the training set. Defaults to `"train"`.
+        model_variant: `"keras"` or `"authors"` (the paper's code's
+            architecture and initialization; passed to
+            `bisam_keras.models.build(..., variant=...)`). Defaults to `"keras"`.
     """
 
     dataset: str = "digits"
@@ -127,6 +157,13 @@ class RunConfig:
     strategy: str = "auto"
     sync_perturbation: bool = False
     verbose: int = 2
+    label_smoothing_convention: str = "keras"
+    weight_decay_mode: str = "l2"
+    momentum_convention: str = "keras"
+    cutout: bool = False
+    validation_split: str = "seeded"
+    stats_from: str = "train"
+    model_variant: str = "keras"
 
     def run_dir(self):
         return os.path.join(self.output, self.dataset, self.model, self.method, f"seed{self.seed}")
@@ -174,15 +211,87 @@ class RunConfig:
                 f"`strategy` must be one of {list(STRATEGIES)}. "
                 f"Received: strategy={self.strategy!r}"
             )
-        if self.schedule not in ("cosine", "constant", "linear-warmup"):
+        if self.schedule not in SCHEDULES:
             raise ValueError(
-                "`schedule` must be 'cosine', 'constant' or 'linear-warmup'. "
-                f"Received: schedule={self.schedule!r}"
+                f"`schedule` must be one of {list(SCHEDULES)}. Received: schedule={self.schedule!r}"
             )
+        check_training_options(self)
         return self
 
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "none")
+SCHEDULES = ("cosine", "cosine-epoch", "constant", "linear-warmup")
+TRAINING_OPTIONS = {
+    "label_smoothing_convention": ("keras", "authors"),
+    "weight_decay_mode": ("l2", "at-w"),
+    "momentum_convention": ("keras", "torch"),
+    "validation_split": ("seeded", "authors"),
+    "stats_from": ("train", "all"),
+    "model_variant": ("keras", "authors"),
+}
+"""The choices of the `RunConfig` fields that pick Keras' or the paper's code's behaviour."""
+
+
+def check_training_options(config):
+    """Raises `ValueError` naming the first invalid field of `TRAINING_OPTIONS` or `cutout`."""
+    for name, choices in TRAINING_OPTIONS.items():
+        value = getattr(config, name)
+        if value not in choices:
+            raise ValueError(f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}")
+    if not isinstance(config.cutout, bool):
+        raise ValueError(f"`cutout` must be a bool. Received: cutout={config.cutout!r}")
+
+
+def keras_label_smoothing(smoothing, num_classes, convention="keras"):
+    """Keras' `label_smoothing` that gives the targets of `convention`.
+
+    Keras' targets are `y (1 - ls) + ls / K`. The paper's code
+    (`smooth_crossentropy(smoothing=s)`) gives the true class `1 - s` and each
+    other class `s / (K - 1)`; these are Keras' targets for `ls = s K / (K - 1)`
+    (true class `1 - ls + ls / K = 1 - s`, others `ls / K = s / (K - 1)`).
+
+    Args:
+        smoothing: the smoothing in `convention`'s terms, in `[0, 1)`.
+        num_classes: `K`, an int `>= 2`.
+        convention: `"keras"` or `"authors"`. Defaults to `"keras"`.
+
+    Returns:
+        A float for `keras.losses.CategoricalCrossentropy(label_smoothing=...)`.
+    """
+    if convention not in TRAINING_OPTIONS["label_smoothing_convention"]:
+        raise ValueError(
+            "`label_smoothing_convention` must be 'keras' or 'authors'. "
+            f"Received: label_smoothing_convention={convention!r}"
+        )
+    if convention == "keras":
+        return float(smoothing)
+    return float(smoothing) * num_classes / (num_classes - 1)
+
+
+def build_loss(config, num_classes):
+    """The run's cross-entropy on one-hot labels, with `config`'s label smoothing."""
+    return keras.losses.CategoricalCrossentropy(
+        from_logits=True,
+        label_smoothing=keras_label_smoothing(
+            config.label_smoothing, num_classes, config.label_smoothing_convention
+        ),
+    )
+
+
+def model_build_options(config):
+    """The `bisam_keras.models.build` options of `config` (`pretrained`, `variant`).
+
+    `variant` is passed only when it is not `"keras"` (the default of `build`).
+    """
+    options = {"pretrained": True} if config.pretrained else {}
+    if config.model_variant != "keras":
+        options["variant"] = config.model_variant
+    return options
+
+
+def uses_coupled_l2(config):
+    """Whether the run puts its weight decay into the loss as an L2 regularizer."""
+    return config.optimizer == "sgd" and config.weight_decay_mode == "l2"
 
 
 def _is_int(value):
@@ -262,11 +371,16 @@ def add_coupled_weight_decay(model, weight_decay):
             variable.regularizer = regularizer
 
 
-def learning_rate_schedule(config, total_steps):
+def learning_rate_schedule(config, total_steps, steps_per_epoch=None):
     if config.schedule == "constant":
         return config.lr
     if config.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=total_steps)
+    if config.schedule == "cosine-epoch":
+        # PyTorch's CosineAnnealingLR(T_max=epochs), stepped once per epoch.
+        steps_per_epoch = steps_per_epoch or total_steps
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        return EpochCosineDecay(config.lr, epochs, steps_per_epoch)
     return LinearWarmupDecay(config.lr, min(config.warmup_steps, total_steps), total_steps)
 
 
@@ -295,12 +409,11 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build_optimizer(config, total_steps):
-    lr = learning_rate_schedule(config, total_steps)
+def build_optimizer(config, total_steps, steps_per_epoch=None):
+    lr = learning_rate_schedule(config, total_steps, steps_per_epoch)
     if config.optimizer == "sgd":
-        inner = keras.optimizers.SGD(
-            lr, momentum=config.momentum, global_clipnorm=config.global_clipnorm
-        )
+        sgd = TorchSGD if config.momentum_convention == "torch" else keras.optimizers.SGD
+        inner = sgd(lr, momentum=config.momentum, global_clipnorm=config.global_clipnorm)
     else:
         inner = keras.optimizers.AdamW(
             lr, weight_decay=config.weight_decay, global_clipnorm=config.global_clipnorm
@@ -317,6 +430,7 @@ def build_optimizer(config, total_steps):
         micro_batch_size=config.micro_batch_size,
         sync_perturbation=config.sync_perturbation,
         seed=config.seed,
+        weight_decay=config.weight_decay if config.weight_decay_mode == "at-w" else 0.0,
     )
 
 
@@ -390,6 +504,9 @@ def run(config, resume=False, callbacks=()):
         subset=config.subset,
         tfds_dir=config.tfds_dir,
         drop_remainder=drop_remainder,
+        cutout=config.cutout,
+        validation_split=config.validation_split,
+        stats_from=config.stats_from,
     )
     train, validation, test = _one_hot(splits)
     if drop_remainder:
@@ -411,22 +528,20 @@ def run(config, resume=False, callbacks=()):
             f"batch_size={config.batch_size}"
         )
     with strategy.scope():
-        build_options = {"pretrained": True} if config.pretrained else {}
+        build_options = model_build_options(config)
         inner = models_lib.build(
             config.model, splits.num_classes, input_shape=splits.input_shape, **build_options
         )
-        if config.optimizer == "sgd":
+        if uses_coupled_l2(config):
             add_coupled_weight_decay(inner, config.weight_decay)
-        optimizer = build_optimizer(config, total_steps)
+        optimizer = build_optimizer(config, total_steps, steps_per_epoch)
         model = inner if config.method == "sgd" else SharpnessAwareModel(inner)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         if splits.num_classes > 5:
             metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
         model.compile(
             optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True, label_smoothing=config.label_smoothing
-            ),
+            loss=build_loss(config, splits.num_classes),
             metrics=metrics,
             jit_compile=config.jit_compile,
         )

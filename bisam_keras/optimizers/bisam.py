@@ -63,6 +63,13 @@ class BiSAM(SharpnessAwareOptimizer):
             its own batch, like mSAM with `m` = the per-replica batch.
             Defaults to `False`.
         seed: seed of the stochastic weight perturbation. Defaults to `None`.
+        weight_decay: coupled decay at the unperturbed weights, `>= 0`: adds
+            `weight_decay * w` to the descent gradient before the inner
+            optimizer, so it runs through momentum (PyTorch's
+            `SGD(weight_decay=...)` in the paper's code). An L2 regularizer in
+            the loss would add `weight_decay * (w + e)` instead. Every
+            trainable variable is decayed unless excluded with
+            `exclude_from_weight_decay()`. Defaults to `0.0`.
         name: the optimizer's name.
 
     Example:
@@ -93,6 +100,7 @@ class BiSAM(SharpnessAwareOptimizer):
         micro_batch_size=None,
         sync_perturbation=False,
         seed=None,
+        weight_decay=0.0,
         name="bisam",
         **kwargs,
     ):
@@ -127,6 +135,7 @@ class BiSAM(SharpnessAwareOptimizer):
             micro_batch_size=micro_batch_size,
             sync_perturbation=sync_perturbation,
             seed=seed,
+            weight_decay=weight_decay,
             name=name,
             **kwargs,
         )

@@ -58,6 +58,13 @@ class SAM(SharpnessAwareOptimizer):
             Defaults to `False`.
         seed: seed of the stochastic weight perturbation. Defaults to `None`
             (a random seed, saved in the config).
+        weight_decay: coupled decay at the unperturbed weights, `>= 0`: adds
+            `weight_decay * w` to the descent gradient before the inner
+            optimizer, so it runs through momentum (PyTorch's
+            `SGD(weight_decay=...)` in the paper's code). An L2 regularizer in
+            the loss would add `weight_decay * (w + e)` instead. Every
+            trainable variable is decayed unless excluded with
+            `exclude_from_weight_decay()`. Defaults to `0.0`.
         name: the optimizer's name.
 
     Example:
@@ -83,6 +90,7 @@ class SAM(SharpnessAwareOptimizer):
         micro_batch_size=None,
         sync_perturbation=False,
         seed=None,
+        weight_decay=0.0,
         name="sam",
         **kwargs,
     ):
@@ -96,6 +104,7 @@ class SAM(SharpnessAwareOptimizer):
             micro_batch_size=micro_batch_size,
             sync_perturbation=sync_perturbation,
             seed=seed,
+            weight_decay=weight_decay,
             name=name,
             **kwargs,
         )

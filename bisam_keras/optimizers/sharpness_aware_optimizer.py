@@ -43,6 +43,13 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
     subclassed model) compiled with a wrapper raises `ValueError` at its
     first training step, whatever `rho`: Keras' own `train_step` would pass
     the gradients at `w` to `apply` and train with the inner optimizer alone.
+    `weight_decay` is coupled decay at the unperturbed weights: the wrapper
+    adds `weight_decay * w` to the descent gradient `g(w + e)` before the
+    inner optimizer applies it, so the decay runs through momentum, as
+    PyTorch's `SGD(weight_decay=...)` does after SAM restores `w`. (An L2
+    regularizer in the loss instead adds `weight_decay * (w + e)`.) It applies
+    to every trainable variable, as PyTorch's default does, except those
+    excluded with `exclude_from_weight_decay()`.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         micro_batch_size=None,
         sync_perturbation=False,
         seed=None,
+        weight_decay=0.0,
         name=None,
         **kwargs,
     ):
@@ -76,6 +84,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         if not isinstance(adaptive, bool):
             raise ValueError(f"`adaptive` must be a bool. Received: adaptive={adaptive!r}")
         eta = _check_number("eta", eta, 0.0)
+        weight_decay = _check_number("weight_decay", weight_decay, 0.0)
         swp_probability = _check_number("swp_probability", swp_probability, 0.0, 1.0, low_open=True)
         sds_fraction = _check_number("sds_fraction", sds_fraction, 0.0, 1.0, low_open=True)
         if micro_batch_size is not None and (
@@ -107,6 +116,9 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         self.sync_perturbation = sync_perturbation
         self.seed = int(seed)
         self._descent_steps = 0
+        # Coupled decay, applied in `apply` (not Keras' decoupled decay, which
+        # the base class would apply to the variables themselves).
+        self.weight_decay = weight_decay
 
     # ----------------------------------------------------------------- maths
     def perturbation(self, gradients, variables, step_seed=None):
@@ -182,8 +194,26 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
                 f"class. Received: a {kind} applying gradients outside that step"
             )
 
+    def _decayed(self, grads, variables, scale=1.0):
+        """`g + weight_decay * w`, times `scale` (the loss scale of scaled gradients)."""
+        out = []
+        for g, v in zip(grads, variables):
+            if g is not None and (not hasattr(v, "path") or self._use_weight_decay(v)):
+                g = tf.convert_to_tensor(g)  # densifies IndexedSlices: w is dense
+                value = tf.convert_to_tensor(v)
+                decay = tf.cast(self.weight_decay * scale, value.dtype) * value
+                g = g + tf.cast(decay, g.dtype)
+            out.append(g)
+        return out
+
+    def _loss_scale(self):
+        if isinstance(self.inner_optimizer, keras.optimizers.LossScaleOptimizer):
+            # The gradients arrive scaled; the inner optimizer divides them.
+            return self.inner_optimizer.dynamic_scale
+        return 1.0
+
     def apply(self, grads, trainable_variables=None):
-        """Applies the descent gradients with the inner optimizer.
+        """Applies the descent gradients (plus the coupled decay) with the inner optimizer.
 
         Raises:
             ValueError: when called outside `SharpnessAwareMixin.train_step`
@@ -194,9 +224,21 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             with tf.name_scope(self.name):
                 self.build(trainable_variables)
             self.built = True
+        variables = (
+            self._trainable_variables if trainable_variables is None else trainable_variables
+        )
+        if self.weight_decay:
+            grads = self._decayed(list(grads), list(variables), scale=self._loss_scale())
         return self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        # Keras' TensorFlow backend has no stateless_apply (the inner optimizer
+        # raises); the coupled decay is implemented in `apply` only.
+        if self.weight_decay:
+            raise ValueError(
+                "`weight_decay` is applied by `apply`, not `stateless_apply`. "
+                f"Received: weight_decay={self.weight_decay}"
+            )
         own = len(self._variables)
         new_trainable, new_inner = self.inner_optimizer.stateless_apply(
             optimizer_variables[own:], grads, trainable_variables
@@ -233,6 +275,7 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
             "micro_batch_size": self.micro_batch_size,
             "sync_perturbation": self.sync_perturbation,
             "seed": self.seed,
+            "weight_decay": self.weight_decay,
         }
 
     @classmethod

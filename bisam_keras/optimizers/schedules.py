@@ -1,0 +1,67 @@
+"""Learning-rate schedules of the paper's training script."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+def epoch_cosine(initial_learning_rate, epoch, epochs):
+    """`lr0 * (1 + cos(pi * epoch / epochs)) / 2`: PyTorch's `CosineAnnealingLR`.
+
+    The closed form of `CosineAnnealingLR(T_max=epochs, eta_min=0)` after
+    `epoch` calls of `scheduler.step()`.
+    """
+    return 0.5 * initial_learning_rate * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+@keras.saving.register_keras_serializable(package="bisam_keras")
+class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay to 0 over `epochs`, constant within each epoch.
+
+    ```
+    epoch = floor(step / steps_per_epoch)
+    lr    = initial_learning_rate * (1 + cos(pi * epoch / epochs)) / 2
+    ```
+
+    This is PyTorch's `CosineAnnealingLR(optimizer, T_max=epochs)` stepped
+    once per epoch, as in the paper's `train.py`; Keras' `CosineDecay` decays
+    every step instead.
+
+    Args:
+        initial_learning_rate: the rate of the first epoch, `>= 0`.
+        epochs: the epochs of the decay (`T_max`), an int `>= 1`.
+        steps_per_epoch: optimizer steps per epoch, an int `>= 1`.
+
+    Example:
+
+    >>> schedule = EpochCosineDecay(0.1, epochs=4, steps_per_epoch=10)
+    >>> [round(float(schedule(step)), 4) for step in (0, 9, 10, 25)]
+    [0.1, 0.1, 0.0854, 0.05]
+    """
+
+    def __init__(self, initial_learning_rate, epochs, steps_per_epoch):
+        for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+        if not initial_learning_rate >= 0:
+            raise ValueError(
+                "`initial_learning_rate` must be >= 0. "
+                f"Received: initial_learning_rate={initial_learning_rate!r}"
+            )
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.int64)
+        epoch = tf.cast(step // self.steps_per_epoch, tf.float64)
+        cosine = tf.cos(math.pi * epoch / self.epochs)
+        return tf.cast(0.5 * self.initial_learning_rate * (1.0 + cosine), tf.float32)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
