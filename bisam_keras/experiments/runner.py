@@ -476,7 +476,6 @@ class RunState(keras.callbacks.Callback):
         logs = dict(logs or {})
         with _sigint_deferred():
             self._commit(done, logs)
-        self.epoch = done + 1
 
     def _commit(self, done, logs):
         os.makedirs(self.backup, exist_ok=True)
@@ -503,6 +502,7 @@ class RunState(keras.callbacks.Callback):
         _fsync(path)
         _write_atomically(os.path.join(self.backup, "state.json"), json.dumps(state, indent=2))
         self.state = state
+        self.epoch = done + 1
         install_best(self.run_dir, state)
         keep = {"state.json", state["weights"], state["best_model"]}
         for name in os.listdir(self.backup):
@@ -516,6 +516,8 @@ def install_best(run_dir, state):
         return
     source = os.path.join(run_dir, "backup", state["best_model"])
     target = os.path.join(run_dir, "best.keras")
+    if not os.path.exists(source):
+        return
     if os.path.exists(target) and os.path.samefile(source, target):
         return
     partial = target + ".partial"
