@@ -3,6 +3,7 @@ TensorFlow, the output folder, `--resume` against `config.json`, the settings
 `config.json` records, `results.csv` and the one-line errors."""
 
 import csv
+import dataclasses
 import json
 import os
 import statistics
@@ -158,16 +159,19 @@ def test_config_records_only_the_settings_the_method_uses(method, used, unused):
         assert recorded[name] == getattr(config, name), name
     for name in unused:
         assert recorded[name] is None, name
-    assert list(recorded) == [f.name for f in __import__("dataclasses").fields(RunConfig)]
+    assert list(recorded) == [f.name for f in dataclasses.fields(RunConfig)]
 
 
 def _saved_run(tmp_path, finished, **fields):
-    """A run folder as `bisam-keras train` leaves it: config.json (and result.json)."""
+    """A run folder as `bisam-keras train` leaves it: config.json (and result.json).
+
+    config.json as earlier versions wrote it, every field with its value:
+    `--resume` reads those too."""
     config = RunConfig(output=str(tmp_path), subset=300, batch_size=64, epochs=10, verbose=0,
                        **fields)  # fmt: skip
     os.makedirs(config.run_dir())
     with open(os.path.join(config.run_dir(), "config.json"), "w") as f:
-        json.dump(runner.recorded_config(config), f)
+        json.dump(dataclasses.asdict(config), f)
     if finished:
         result = {"val_accuracy": 0.5, "epoch": 7, "epochs_run": 10, "test_accuracy": 0.25}
         with open(os.path.join(config.run_dir(), "result.json"), "w") as f:
