@@ -18,6 +18,12 @@ bisam_keras.cli` and `bisam-keras --help` do not import TensorFlow.
 """
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
+    from bisam_keras import data, experiments, losses, models
+    from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer
+    from bisam_keras.training import SharpnessAwareMixin, SharpnessAwareModel
 
 __version__ = "0.1.0"
 

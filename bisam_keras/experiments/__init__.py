@@ -5,6 +5,13 @@ can be read without importing TensorFlow.
 """
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
+    from bisam_keras.experiments.methods import METHODS, make_optimizer
+    from bisam_keras.experiments.presets import PRESETS
+    from bisam_keras.experiments.protocol import aggregate, best_epoch, markdown_table
+    from bisam_keras.experiments.runner import LinearWarmupDecay, RunConfig, load_results, run
 
 __all__ = [
     "LinearWarmupDecay",
