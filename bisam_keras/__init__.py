@@ -12,11 +12,18 @@ model.compile(
 )
 model.fit(train_ds, epochs=200)
 ```
+
+The public names are loaded on first use (PEP 562), so that `import
+bisam_keras.cli` and `bisam-keras --help` do not import TensorFlow.
 """
 
-from bisam_keras import data, experiments, losses, models, optimizers
-from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer
-from bisam_keras.training import SharpnessAwareMixin, SharpnessAwareModel
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
+    from bisam_keras import data, experiments, losses, models, optimizers
+    from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer
+    from bisam_keras.training import SharpnessAwareMixin, SharpnessAwareModel
 
 __version__ = "0.1.0"
 
@@ -32,3 +39,33 @@ __all__ = [
     "models",
     "optimizers",
 ]
+
+# Public name -> the module that defines it (None: the name is a subpackage).
+_LAZY = {
+    "SAM": "bisam_keras.optimizers",
+    "BiSAM": "bisam_keras.optimizers",
+    "SharpnessAwareOptimizer": "bisam_keras.optimizers",
+    "SharpnessAwareMixin": "bisam_keras.training",
+    "SharpnessAwareModel": "bisam_keras.training",
+    "data": None,
+    "experiments": None,
+    "losses": None,
+    "models": None,
+    "optimizers": None,
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bisam_keras' has no attribute {name!r}")
+    module = _LAZY[name]
+    if module is None:
+        value = importlib.import_module(f"bisam_keras.{name}")
+    else:
+        value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -6,12 +6,42 @@ bisam-keras train --dataset cifar10 --data-dir ../shared/data/cifar10 --preset p
 bisam-keras compare --methods sgd sam bisam-neglog bisam-tanh --models resnet20 --seeds 0 1 2
 bisam-keras report --output runs
 ```
+
+The arguments are parsed and the output folder is checked before TensorFlow
+is imported, so `--help`, `models` and mistakes answer at once. Exit status:
+0 done, 1 the data or a backup cannot be used, 2 bad flags, settings or
+output folder (nothing was run), 130 interrupted (Ctrl-C; `--resume`
+continues).
 """
 
 import argparse
 import json
 import os
+import re
 import sys
+import tempfile
+
+# The names the flags accept, without importing TensorFlow (tests/test_cli.py
+# checks them against `bisam_keras.data.names()`, `bisam_keras.models.names()`
+# and `bisam_keras.experiments.METHODS`).
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "oxford_flowers102", "oxford_iiit_pet")
+MODELS = (
+    *("ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtSmall", "ConvNeXtTiny", "ConvNeXtXLarge"),
+    *("DenseNet121", "DenseNet169", "DenseNet201"),
+    *(f"EfficientNetB{i}" for i in range(8)),
+    *("EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3"),
+    *("EfficientNetV2L", "EfficientNetV2M", "EfficientNetV2S"),
+    *("InceptionResNetV2", "InceptionV3", "MobileNet", "MobileNetV2"),
+    *("MobileNetV3Large", "MobileNetV3Small", "NASNetLarge", "NASNetMobile"),
+    *("ResNet101", "ResNet101V2", "ResNet152", "ResNet152V2", "ResNet50", "ResNet50V2"),
+    *("VGG16", "VGG19", "Xception", "densenet121"),
+    *("resnet110", "resnet20", "resnet32", "resnet44", "resnet56"),
+    *("vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "vit_b16", "wrn16_8", "wrn28_10", "wrn28_2"),
+)
+METHODS = (
+    *("sgd", "sam", "bisam-neglog", "bisam-tanh", "asam", "a-bisam-neglog", "a-bisam-tanh"),
+    *("esam", "e-bisam-neglog", "e-bisam-tanh"),
+)
 
 RUN_FLAGS = {
     "dataset": str,
@@ -69,21 +99,20 @@ def _fraction(text):
 
 
 def _add_run_flags(parser, several):
-    from bisam_keras import data, models
-    from bisam_keras.experiments import METHODS, PRESETS
+    from bisam_keras.experiments.presets import PRESETS  # plain data: no TensorFlow
 
     g = parser.add_argument_group("run")
     g.add_argument("--preset", choices=sorted(PRESETS), help="the paper's hyper-parameters")
-    g.add_argument("--dataset", choices=data.names(), help="default: digits (offline)")
+    g.add_argument("--dataset", choices=DATASETS, help="default: digits (offline)")
     g.add_argument("--data-dir", help="a folder of TFRecord shards in the offline format")
     g.add_argument("--tfds-dir", help="tensorflow-datasets data_dir")
     if several:
-        g.add_argument("--models", nargs="+", choices=models.names(), metavar="MODEL")
+        g.add_argument("--models", nargs="+", choices=MODELS, metavar="MODEL")
         g.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD")
     else:
         g.add_argument(
             "--model",
-            choices=models.names(),
+            choices=MODELS,
             metavar="MODEL",
             help="default: resnet20; see `bisam-keras models`",
         )
@@ -117,7 +146,11 @@ def _add_run_flags(parser, several):
     g.add_argument("--subset", type=_positive_int, help="use only N training images")
     g.add_argument("--validation-fraction", type=_fraction)
     g.add_argument("--output", default="runs", help="folder of the runs (default: runs)")
-    g.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue interrupted runs from their last finished epoch (same settings)",
+    )
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument(
         "--strategy",
@@ -132,7 +165,16 @@ def _add_run_flags(parser, several):
         default=False,
         help="all-reduce the ascent gradient across replicas (default: per-replica)",
     )
-    g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2))
+    g.add_argument(
+        "--verbose",
+        type=int,
+        nargs="?",
+        const=3,
+        default=None,
+        choices=(0, 1, 2, 3),
+        help="fit's verbosity: 0 silent, 1 progress bar, 2 one line an epoch (default: 1 "
+        "on a terminal, else 2); 3 or a bare --verbose: as 2, plus TensorFlow's log lines",
+    )
     _add_authors_flags(g)
 
 
@@ -281,8 +323,8 @@ def _report(output):
     markdown = "\n".join(protocol.markdown_table(rows) for _, rows in tables)
     with open(os.path.join(output, "results.md"), "w") as f:
         f.write(markdown)
-    with open(os.path.join(output, "results.csv"), "w") as f:
-        f.write("".join(protocol.csv_table(rows) for _, rows in tables))
+    with open(os.path.join(output, "results.csv"), "w", newline="") as f:
+        f.write(protocol.csv_table([r for _, rows in tables for r in rows]))
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(
             {"runs": results, "summary": [r for _, rows in tables for r in rows]}, f, indent=2
@@ -316,16 +358,70 @@ def build_parser():
     return parser
 
 
+# TensorFlow's start-up lines (absl's notice, oneDNN, CUDA probing, CPU
+# features), printed while it is imported whatever TF_CPP_MIN_LOG_LEVEL says.
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IW]\d{4} \d\d:\d\d:\d\d"
+    r"|To enable the following instructions:)"
+)
+
+
+def _import_tensorflow(verbose):
+    """Imports TensorFlow with its start-up lines hidden unless `verbose` is 3.
+
+    `TF_CPP_MIN_LOG_LEVEL=3` (unless set by the user) hides the C++ log lines
+    after start-up, `E0000 ... failed call to cuInit` on a CPU-only machine
+    among them; the lines printed during the import itself, before absl's
+    logging is set up, are filtered from file descriptor 2.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    if verbose == 3 or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow  # noqa: F401
+
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+                capture.seek(0)
+                lines = capture.read().decode(errors="replace").splitlines()
+                kept = [line for line in lines if not _STARTUP_NOISE.match(line)]
+                if kept:
+                    sys.stderr.write("\n".join(kept) + "\n")
+                    sys.stderr.flush()
+    finally:
+        os.close(saved)
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    prog = f"bisam-keras {args.command}"
+    if args.command == "models":
+        print("\n".join(MODELS))
+        return 0
+    configs = []
     try:
-        if args.command == "models":
-            from bisam_keras import models
+        if args.command == "report":
+            if not os.path.isdir(args.output):
+                raise ValueError(f"`output` must be a folder of runs. Received: {args.output!r}")
+        else:
+            from bisam_keras.experiments import folders
 
-            print("\n".join(models.names()))
-            return 0
+            folders.check_output(args.output)
+        _import_tensorflow(getattr(args, "verbose", None))
         if args.command == "report":
             _report(args.output)
             return 0
@@ -334,19 +430,51 @@ def main(argv=None):
         configs = make_configs(args, several=args.command == "compare")
         for config in configs:
             print(f"== {config.dataset} / {config.model} / {config.method} / seed {config.seed}")
+            run_dir = config.run_dir()
+            finished = args.resume and os.path.exists(os.path.join(run_dir, "result.json"))
             result = runner.run(config, resume=args.resume)
+            if finished:
+                print(f"this run had already finished; its saved result ({run_dir}/result.json):")
             print(
                 f"best validation accuracy {100 * result['val_accuracy']:.2f}% at epoch "
                 f"{result['epoch']}/{result['epochs_run']}: test accuracy "
                 f"{100 * result['test_accuracy']:.2f}%"
             )
             if args.command == "train":
-                print(f"run saved in {config.run_dir()} (its config.json holds every setting)")
+                print(f"run saved in {run_dir} (its config.json holds every setting)")
         if args.command == "compare" or len(configs) > 1:
             _report(args.output)
-    except ValueError as error:
-        parser.exit(2, f"bisam-keras {args.command}: error: {_flag_message(str(error))}\n")
+    except KeyboardInterrupt as interrupt:
+        epoch = getattr(interrupt, "epoch", None)
+        if epoch is not None:
+            message = (
+                f"interrupted in epoch {epoch}; rerun the same command with --resume to continue"
+            )
+        else:
+            message = "interrupted before training began; rerun the same command to start"
+        parser.exit(130, f"{message}\n")
+    except Exception as error:
+        code = _exit_code(error)
+        if code is None:
+            raise
+        parser.exit(code, f"{prog}: error: {_flag_message(_one_line(error))}\n")
     return 0
+
+
+def _exit_code(error):
+    """1 for data and backups that cannot be used, 2 for bad settings, None otherwise."""
+    data = sys.modules.get("bisam_keras.data")
+    runner = sys.modules.get("bisam_keras.experiments.runner")
+    unusable = [
+        getattr(data, "DataError", None),
+        getattr(data, "DatasetUnavailableError", None),
+        getattr(runner, "BackupError", None),
+    ]
+    if isinstance(error, tuple(kind for kind in unusable if kind is not None)):
+        return 1
+    if isinstance(error, ValueError):
+        return 2
+    return None
 
 
 if __name__ == "__main__":

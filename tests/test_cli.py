@@ -40,6 +40,12 @@ def test_train_writes_config_history_checkpoint_and_result(tmp_path, capsys):
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["method"] == "bisam-neglog" and config["epochs"] == 3 and config["subset"] == 300
+    # settings -log BiSAM does not use are recorded as unused
+    assert config["swp_probability"] is config["sds_fraction"] is config["alpha"] is None
+    assert config["rho"] == 0.05
+    # epochs numbered from 1, as in result.json and the printed summary
+    rows = open(os.path.join(run_dir, "history.csv"), newline="").read().split("\n")
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2", "3", ""]
     history = json.load(open(os.path.join(run_dir, "history.json")))
     result = json.load(open(os.path.join(run_dir, "result.json")))
     assert len(history["val_accuracy"]) == 3

@@ -1,9 +1,17 @@
-"""The paper's experiment protocol: methods, presets, runs and reports."""
+"""The paper's experiment protocol: methods, presets, runs and reports.
 
-from bisam_keras.experiments.methods import METHODS, make_optimizer
-from bisam_keras.experiments.presets import PRESETS
-from bisam_keras.experiments.protocol import aggregate, best_epoch, markdown_table
-from bisam_keras.experiments.runner import LinearWarmupDecay, RunConfig, load_results, run
+The names are loaded on first use (PEP 562): `bisam_keras.experiments.presets`
+can be read without importing TensorFlow.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
+    from bisam_keras.experiments.methods import METHODS, make_optimizer
+    from bisam_keras.experiments.presets import PRESETS
+    from bisam_keras.experiments.protocol import aggregate, best_epoch, markdown_table
+    from bisam_keras.experiments.runner import LinearWarmupDecay, RunConfig, load_results, run
 
 __all__ = [
     "LinearWarmupDecay",
@@ -17,3 +25,28 @@ __all__ = [
     "markdown_table",
     "run",
 ]
+
+_LAZY = {
+    "METHODS": "methods",
+    "make_optimizer": "methods",
+    "PRESETS": "presets",
+    "aggregate": "protocol",
+    "best_epoch": "protocol",
+    "markdown_table": "protocol",
+    "LinearWarmupDecay": "runner",
+    "RunConfig": "runner",
+    "load_results": "runner",
+    "run": "runner",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bisam_keras.experiments' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bisam_keras.experiments.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -122,10 +122,12 @@ def markdown_table(rows, percent=True):
 
 
 def csv_table(rows):
-    """The aggregated rows as CSV text."""
+    """The aggregated rows as one CSV table: one header line, then one row per
+    (dataset, model, method, metric), LF line endings; `seeds` is
+    space-separated. Write it to a file opened with `newline=""`."""
     buffer = io.StringIO()
     fields = ["dataset", "model", "method", "metric", "mean", "std", "seeds"]
-    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({**r, "seeds": " ".join(str(s) for s in r["seeds"])})

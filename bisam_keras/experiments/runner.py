@@ -2,21 +2,34 @@
 
 A run lives in `<output>/<dataset>/<model>/<method>/seed<seed>/`:
 
-- `config.json`: the run's full configuration;
-- `history.csv`: per-epoch training, validation and test metrics (appended
-  across resumes), `tensorboard/`: TensorBoard logs;
-- `best.keras`: the model at the best validation accuracy, `backup/`: the
-  `keras.callbacks.BackupAndRestore` state that `--resume` continues from;
+- `config.json`: the run's configuration; the settings its method does not
+  use are recorded as `null`;
+- `history.csv`: per-epoch training, validation and test metrics, epochs
+  numbered from 1, `tensorboard/`: TensorBoard logs;
+- `best.keras`: the model of the epoch that `result.json` reports (the best
+  validation accuracy so far while the run trains);
+- `backup/`: the state that `--resume` continues from, removed when the run
+  finishes;
 - `result.json`: the protocol's result, the test metrics of the epoch with the
   best validation accuracy.
+
+Each epoch ends with one commit (`RunState`): the best model if it improved,
+`history.csv`, the weights and optimizer state, then `backup/state.json`,
+each written to a new file that replaces the old one at once. A run killed at
+any moment therefore resumes from its last committed epoch, with
+`history.csv` and `best.keras` cut back to that epoch.
 """
 
+import contextlib
 import csv
 import dataclasses
 import functools
 import json
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 
 import keras
@@ -24,8 +37,8 @@ import tensorflow as tf
 
 from bisam_keras import data as data_lib
 from bisam_keras import models as models_lib
+from bisam_keras.experiments import folders, protocol
 from bisam_keras.experiments import methods as methods_lib
-from bisam_keras.experiments import protocol
 from bisam_keras.optimizers import EpochCosineDecay, TorchSGD
 from bisam_keras.training import SharpnessAwareModel
 
@@ -96,7 +109,8 @@ class RunConfig:
             Defaults to `"auto"`.
         sync_perturbation: all-reduce the ascent gradient across replicas.
             Defaults to `False`.
-        verbose: `fit`'s verbosity. Defaults to `2`.
+        verbose: `fit`'s verbosity (`3` is `2` for `fit`; the command line
+            then also shows TensorFlow's log lines). Defaults to `2`.
         label_smoothing_convention: `"keras"`: the targets are
             `y (1 - ls) + ls / K`; `"authors"`: the paper's code's
             `smooth_crossentropy`, true class `1 - ls` and every other class
@@ -122,6 +136,9 @@ class RunConfig:
         model_variant: `"keras"` or `"authors"` (the paper's code's
             architecture and initialization; passed to
             `bisam_keras.models.build(..., variant=...)`). Defaults to `"keras"`.
+
+    `config.json` records `None` for the settings the run does not use
+    (`recorded_config`), and `--resume` compares the recorded settings.
     """
 
     dataset: str = "digits"
@@ -298,6 +315,69 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Settings that only say how or where a run is carried out: `--resume` may
+# change them (the run's numbers do not depend on them beyond float rounding).
+RESUMABLE_CHANGES = ("verbose", "output", "data_dir", "tfds_dir", "jit_compile")
+
+
+def unused_settings(config):
+    """The names of the fields that `config`'s method, optimizer and schedule ignore."""
+    method = config["method"] if isinstance(config, dict) else config.method
+    get = config.get if isinstance(config, dict) else functools.partial(getattr, config)
+    unused = []
+    bound = methods_lib.lower_bound_of(method)
+    if method == "sgd":
+        unused += ["rho", "sync_perturbation"]
+    if bound is None:
+        unused.append("mu")
+    if bound != "tanh":
+        unused.append("alpha")
+    if not methods_lib.is_adaptive(method):
+        unused.append("eta")
+    if not methods_lib.is_efficient(method):
+        unused += ["swp_probability", "sds_fraction"]
+    if get("optimizer") == "adamw":
+        unused += ["momentum", "momentum_convention", "weight_decay_mode"]
+    if not get("label_smoothing"):
+        unused.append("label_smoothing_convention")
+    if get("schedule") != "linear-warmup":
+        unused.append("warmup_steps")
+    return unused
+
+
+def recorded_config(config):
+    """`config` as `config.json` records it: `None` for the settings it does not use."""
+    values = dataclasses.asdict(config)
+    for name in unused_settings(config):
+        values[name] = None
+    return values
+
+
+def config_differences(saved, config):
+    """`[(name, saved value, new value)]` for the settings of `config` that
+    differ from a saved `config.json`, but for `RESUMABLE_CHANGES`.
+
+    A field missing from `saved` (a run saved before the field existed) counts
+    as its default.
+    """
+    defaults = dataclasses.asdict(RunConfig())
+    saved = {**defaults, **{k: v for k, v in saved.items() if k in defaults}}
+    for name in unused_settings(saved):
+        saved[name] = None
+    new = recorded_config(config)
+    return [
+        (name, saved[name], new[name])
+        for name in defaults
+        if name not in RESUMABLE_CHANGES and not _same(saved[name], new[name])
+    ]
+
+
+def _same(a, b):
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
 def make_strategy(name):
     """The `tf.distribute` strategy for `--strategy`.
 
@@ -357,6 +437,215 @@ class TestEvaluation(keras.callbacks.Callback):
         results = self.model.evaluate(self.test_data, verbose=0, return_dict=True)
         for name, value in results.items():
             logs[f"test_{name}"] = float(value)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or `KeyboardInterrupt`) during a run; `epoch` is the 1-based
+    epoch it stopped (the first one `--resume` redoes)."""
+
+    def __init__(self, epoch, run_dir):
+        super().__init__(f"interrupted in epoch {epoch}")
+        self.epoch = epoch
+        self.run_dir = run_dir
+
+
+class BackupError(RuntimeError):
+    """A run's backup cannot be read; the message says what to delete."""
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Holds back Ctrl-C until the block is done, then raises `KeyboardInterrupt`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _fsync(path):
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_atomically(path, text):
+    """Writes `text` to `path` through a new file that replaces it at once."""
+    partial = path + ".partial"
+    with open(partial, "w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def history_text(rows):
+    """`history.csv` (LF line endings) from `[{epoch: 1-based, metric: value}]`."""
+    fields = ["epoch"]
+    for row in rows:
+        fields += [name for name in row if name not in fields]
+    lines = [",".join(fields)]
+    for row in rows:
+        lines.append(",".join(_csv_value(row.get(name, "")) for name in fields))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(value):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def read_state(run_dir):
+    """The committed state of an unfinished run: `{epoch, weights, best_epoch,
+    best_value, best_model}` (`epoch` epochs done; file names in `backup/`), or
+    `None` if no epoch has been committed."""
+    backup = os.path.join(run_dir, "backup")
+    path = os.path.join(backup, "state.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            int(state["epoch"]), state["weights"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BackupError(_unreadable(path, error, backup)) from None
+        return state
+    # A backup of keras.callbacks.BackupAndRestore, from before `state.json`.
+    metadata = os.path.join(backup, "training_metadata.json")
+    if os.path.exists(metadata) or os.path.exists(os.path.join(backup, "latest.weights.h5")):
+        try:
+            with open(metadata) as f:
+                epoch = int(json.load(f)["epoch"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise BackupError(_unreadable(metadata, error, backup)) from None
+        return {"epoch": epoch, "weights": "latest.weights.h5", "legacy": True}
+    return None
+
+
+def _unreadable(path, error, backup):
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return (
+        f"cannot read the backup {path} ({reason}). Delete the folder {backup} and rerun "
+        "with --resume to train this run again from epoch 1 (its finished epochs are lost), "
+        "or delete the whole run folder to start over."
+    )
+
+
+class RunState(keras.callbacks.Callback):
+    """History, best model and backup of a run, committed at each epoch end.
+
+    At the end of epoch `e` (1-based): the model is saved to
+    `backup/best-<e>.keras` if `monitor` improved (strictly: the first best
+    epoch wins, as in `protocol.best_epoch`), `history.csv` is rewritten with
+    row `e`, the weights and optimizer state go to
+    `backup/epoch-<e>.weights.h5`, and `backup/state.json` then names them: the
+    commit. Only after it `best.keras` is replaced (a hard link to the backup's
+    best model) and the files no longer named are removed. Every file is
+    written under a new name first, so a kill at any moment leaves the last
+    commit intact. Ctrl-C during a commit is held back until it is done.
+
+    Args:
+        run_dir: the run's folder.
+        state: the committed state to resume from (`read_state`), or `None`.
+        history: the committed rows of `history.csv`.
+        monitor: the model-selection metric. Defaults to `"val_accuracy"`.
+    """
+
+    def __init__(self, run_dir, state=None, history=(), monitor="val_accuracy"):
+        super().__init__()
+        self.run_dir = run_dir
+        self.backup = os.path.join(run_dir, "backup")
+        self.state = dict(state) if state else None
+        self.rows = list(history)
+        self.monitor = monitor
+        self.epoch = (state or {}).get("epoch", 0) + 1  # the 1-based epoch in progress
+
+    def on_train_begin(self, logs=None):
+        if not self.state:
+            return
+        path = os.path.join(self.backup, self.state["weights"])
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(path)
+        except Exception as error:  # h5py and Keras raise several types for one bad file
+            raise BackupError(_unreadable(path, error, self.backup)) from None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        logs = dict(logs or {})
+        with _sigint_deferred():
+            self._commit(done, logs)
+
+    def _commit(self, done, logs):
+        os.makedirs(self.backup, exist_ok=True)
+        previous = self.state or {}
+        value = logs.get(self.monitor)
+        value = -math.inf if value is None or math.isnan(value) else float(value)
+        state = {
+            "epoch": done,
+            "weights": f"epoch-{done}.weights.h5",
+            "best_epoch": previous.get("best_epoch"),
+            "best_value": previous.get("best_value"),
+            "best_model": previous.get("best_model"),
+        }
+        if state["best_epoch"] is None or value > state["best_value"]:
+            state.update(best_epoch=done, best_value=value, best_model=f"best-{done}.keras")
+            path = os.path.join(self.backup, state["best_model"])
+            self.model.save(path)
+            _fsync(path)
+        self.rows = [r for r in self.rows if r["epoch"] < done]
+        self.rows.append({"epoch": done, **logs})
+        _write_atomically(os.path.join(self.run_dir, "history.csv"), history_text(self.rows))
+        path = os.path.join(self.backup, state["weights"])
+        self.model.save_weights(path)
+        _fsync(path)
+        _write_atomically(os.path.join(self.backup, "state.json"), json.dumps(state, indent=2))
+        self.state = state
+        self.epoch = done + 1
+        install_best(self.run_dir, state)
+        keep = {"state.json", state["weights"], state["best_model"]}
+        for name in os.listdir(self.backup):
+            if name not in keep:
+                _remove(os.path.join(self.backup, name))
+
+
+def install_best(run_dir, state):
+    """Makes `best.keras` the best model that `state` names (a hard link, else a copy)."""
+    if not state or not state.get("best_model"):
+        return
+    source = os.path.join(run_dir, "backup", state["best_model"])
+    target = os.path.join(run_dir, "best.keras")
+    if not os.path.exists(source):
+        return
+    if os.path.exists(target) and os.path.samefile(source, target):
+        return
+    partial = target + ".partial"
+    _remove(partial)
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+        _fsync(partial)
+    os.replace(partial, target)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def add_coupled_weight_decay(model, weight_decay):
@@ -436,21 +725,41 @@ def build_optimizer(config, total_steps, steps_per_epoch=None):
 
 def read_history(path):
     """Per-epoch metrics from `history.csv`, the last row of each epoch winning."""
+    history = {}
+    for row in history_rows(path):
+        for name, value in row.items():
+            if name != "epoch":
+                history.setdefault(name, []).append(value)
+    return history
+
+
+def history_rows(path, first_epoch=1):
+    """The rows of `history.csv` as `[{epoch, metric: float}]`, one per epoch
+    (the last row of each epoch wins), epochs numbered from 1.
+
+    Args:
+        path: the file; a missing file has no rows.
+        first_epoch: the number of the first epoch in the file: `0` for the
+            files of earlier versions. Defaults to `1`.
+    """
     if not os.path.exists(path):
-        return {}
+        return []
     rows = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            rows[int(row["epoch"])] = row
-    history = {}
-    for epoch in sorted(rows):
-        for name, value in rows[epoch].items():
-            if name == "epoch":
+            try:
+                epoch = int(row["epoch"]) + 1 - first_epoch
+            except (TypeError, ValueError):
                 continue
-            history.setdefault(name, []).append(
-                float(value) if value not in ("", None) else math.nan
-            )
-    return history
+            rows[epoch] = {
+                "epoch": epoch,
+                **{
+                    name: float(value) if value not in ("", None) else math.nan
+                    for name, value in row.items()
+                    if name not in ("epoch", None)
+                },
+            }
+    return [rows[epoch] for epoch in sorted(rows)]
 
 
 def _one_hot(splits):
@@ -471,25 +780,54 @@ def run(config, resume=False, callbacks=()):
 
     Args:
         config: a `RunConfig`.
-        resume: continue an interrupted run from its `backup/` (and return the
-            saved result of a finished one). Without it, an existing run folder
-            is an error. Defaults to `False`.
-        callbacks: extra Keras callbacks for `fit`.
+        resume: continue an interrupted run from its last finished epoch (and
+            return the saved result of a finished one). The settings must be
+            those of its `config.json` but for `RESUMABLE_CHANGES`, else a
+            `ValueError` lists the differences. Without `resume`, an existing
+            run folder is an error. Defaults to `False`.
+        callbacks: extra Keras callbacks for `fit`; they see each epoch after
+            it is committed.
 
     Returns:
         The result dict also written to `result.json`.
+
+    Raises:
+        RunInterrupted: on `KeyboardInterrupt` (Ctrl-C) during training; the
+            run resumes from its last finished epoch.
+        BackupError: the backup to resume from cannot be read.
     """
     config.validate()
+    folders.check_output(config.output)
     run_dir = config.run_dir()
+    config_path = os.path.join(run_dir, "config.json")
     result_path = os.path.join(run_dir, "result.json")
-    if os.path.exists(os.path.join(run_dir, "config.json")) and not resume:
-        raise ValueError(
-            f"`output` already holds this run ({run_dir}); pass --resume to continue "
-            "it or choose another --output."
-        )
-    if resume and os.path.exists(result_path):
-        with open(result_path) as f:
-            return json.load(f)
+    history_path = os.path.join(run_dir, "history.csv")
+    state, rows = None, []
+    if os.path.exists(config_path):
+        if not resume:
+            raise ValueError(
+                f"`output` already holds this run ({run_dir}); pass --resume to continue "
+                "it or choose another --output."
+            )
+        check_resumable(config)
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                return json.load(f)
+        state = read_state(run_dir)
+        legacy = bool(state and state.get("legacy"))
+        done = state["epoch"] if state else 0
+        rows = [r for r in history_rows(history_path, 0 if legacy else 1) if r["epoch"] <= done]
+        if legacy:
+            best = protocol.best_epoch(_columns(rows)) + 1 if rows else None
+            state["best_epoch"], state["best_model"] = best, None
+            state["best_value"] = _monitor_value(rows[best - 1]) if rows else None
+        if state:
+            install_best(run_dir, state)
+            weights = os.path.join(run_dir, "backup", state["weights"])
+            print(f"resuming at epoch {done + 1}, from {weights}", flush=True)
+        else:
+            _remove(os.path.join(run_dir, "best.keras"))
+            print("resuming at epoch 1: no epoch of this run had finished", flush=True)
 
     keras.utils.set_random_seed(config.seed)
     # mSAM needs every training batch to be whole: drop each epoch's remainder.
@@ -547,32 +885,32 @@ def run(config, resume=False, callbacks=()):
         )
     # The folder is created once the data and the model are there: a run
     # that cannot start (no data, no weights) leaves nothing to --resume.
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
-    history_path = os.path.join(run_dir, "history.csv")
+    if not os.path.exists(config_path):
+        os.makedirs(run_dir, exist_ok=True)
+        _write_atomically(config_path, json.dumps(recorded_config(config), indent=2))
+    run_state = RunState(run_dir, state, rows)
     fit_callbacks = [
         splits.epoch_callback(),
         TestEvaluation(test),
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-        keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "best.keras"), monitor="val_accuracy", save_best_only=True
-        ),
+        run_state,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
         *callbacks,
     ]
     if config.steps is not None:
         fit_callbacks.insert(0, StepLimit(config.steps, steps_per_epoch))
     start = time.perf_counter()
-    model.fit(
-        train,
-        validation_data=validation,
-        epochs=epochs,
-        callbacks=fit_callbacks,
-        shuffle=False,  # the pipeline shuffles, by (seed, epoch)
-        verbose=config.verbose,
-    )
+    try:
+        model.fit(
+            train,
+            validation_data=validation,
+            epochs=epochs,
+            initial_epoch=state["epoch"] if state else 0,
+            callbacks=fit_callbacks,
+            shuffle=False,  # the pipeline shuffles, by (seed, epoch)
+            verbose=min(config.verbose, 2),
+        )
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_state.epoch, run_dir) from None
     seconds = time.perf_counter() - start
     history = read_history(history_path)
     result = {
@@ -589,11 +927,51 @@ def run(config, resume=False, callbacks=()):
         "num_test": splits.num_test,
         "noisy_label_fraction": splits.noisy_label_fraction,
     }
-    with open(os.path.join(run_dir, "history.json"), "w") as f:
-        json.dump(history, f, indent=2)
-    with open(result_path, "w") as f:
-        json.dump(result, f, indent=2)
+    _write_atomically(os.path.join(run_dir, "history.json"), json.dumps(history, indent=2))
+    _write_atomically(result_path, json.dumps(result, indent=2))
+    _remove(os.path.join(run_dir, "backup"))
     return result
+
+
+def check_resumable(config):
+    """Raises `ValueError` listing each setting of `config` that differs from
+    its run's `config.json` (`config_differences`), in one line."""
+    run_dir = config.run_dir()
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict) or "method" not in saved:
+            raise ValueError("not a run configuration")
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot --resume the run in {run_dir}: its config.json cannot be read ({error}). "
+            "Choose another --output for a new run."
+        ) from None
+    differences = config_differences(saved, config)
+    if not differences:
+        return
+    listed = ", ".join(f"`{name}` {old!r} -> {new!r}" for name, old, new in differences)
+    finished = os.path.exists(os.path.join(run_dir, "result.json"))
+    what = "finished" if finished else "interrupted"
+    raise ValueError(
+        f"--resume would change the settings of the {what} run in {run_dir} (saved -> new): "
+        f"{listed}. Resume it with its own settings, or choose another --output (or seed) "
+        "for a new run."
+    )
+
+
+def _columns(rows):
+    columns = {}
+    for row in rows:
+        for name, value in row.items():
+            columns.setdefault(name, []).append(value)
+    return columns
+
+
+def _monitor_value(row, monitor="val_accuracy"):
+    value = row.get(monitor, math.nan)
+    return -math.inf if math.isnan(value) else value
 
 
 def load_results(output):

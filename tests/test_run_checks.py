@@ -1,0 +1,296 @@
+"""The command line's checks that run before any training: start-up without
+TensorFlow, the output folder, `--resume` against `config.json`, the settings
+`config.json` records, `results.csv` and the one-line errors."""
+
+import csv
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bisam_keras import cli
+from bisam_keras.experiments import RunConfig, runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return {**env, **extra}
+
+
+def _python(code, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120,
+        **kwargs,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- #
+# Start-up: --help, models and flag errors answer without TensorFlow.
+# --------------------------------------------------------------------------- #
+
+
+def test_help_models_and_output_errors_do_not_import_tensorflow(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    code = f"""
+import contextlib, io, json, sys
+from bisam_keras import cli
+codes = {{}}
+for name, argv in [
+    ("help", ["--help"]),
+    ("train_help", ["train", "--help"]),
+    ("output_is_file", ["train", "--output", {str(tmp_path / "a_file")!r}]),
+    ("output_under_file", ["train", "--output", {str(tmp_path / "a_file" / "runs")!r}]),
+    ("bad_flag", ["train", "--epochs", "0"]),
+]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            codes[name] = cli.main(argv)
+        except SystemExit as e:
+            codes[name] = e.code
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    codes["models"] = cli.main(["models"])
+print(json.dumps({{"codes": codes, "models": out.getvalue().split(),
+                  "tensorflow": "tensorflow" in sys.modules}}))
+"""
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["tensorflow"] is False
+    assert report["codes"] == {
+        "help": 0,
+        "train_help": 0,
+        "output_is_file": 2,
+        "output_under_file": 2,
+        "bad_flag": 2,
+        "models": 0,
+    }
+    assert "resnet20" in report["models"]
+
+
+def test_help_and_models_answer_in_under_3_seconds():
+    for argv in (["--help"], ["models"]):
+        start = time.perf_counter()
+        done = subprocess.run(
+            ["bisam-keras", *argv], capture_output=True, text=True, env=_env(), timeout=60
+        )
+        seconds = time.perf_counter() - start
+        assert done.returncode == 0, done.stderr
+        assert seconds < 3.0, (argv, seconds)
+        assert done.stderr == ""
+
+
+def test_static_name_lists_match_the_packages():
+    # The parser lists the names without importing TensorFlow; they must be
+    # exactly those the packages accept.
+    from bisam_keras import data, experiments, models
+
+    assert list(cli.MODELS) == models.names()
+    assert list(cli.DATASETS) == data.names()
+    assert cli.METHODS == experiments.METHODS
+
+
+def test_lazy_package_keeps_its_public_names():
+    import bisam_keras as bk
+    from bisam_keras import SAM, BiSAM  # noqa: F401
+
+    assert bk.SAM is SAM and bk.BiSAM is BiSAM
+    assert bk.experiments.RunConfig is RunConfig and callable(bk.data.load)
+    assert set(bk.__all__) <= set(dir(bk)) and bk.__version__
+    with pytest.raises(AttributeError):
+        bk.no_such_name  # noqa: B018
+
+
+# --------------------------------------------------------------------------- #
+# The output folder: one line, exit 2, before any data is read.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: (p / "f").write_text("x") and p / "f", "is a file"),
+        (lambda p: (p / "f").write_text("x") and p / "f" / "runs", "is under a file"),
+        # A read-only file system stops root too (tests often run as root).
+        (lambda p: "/proc/self/bisam-runs", "cannot be written"),
+    ],
+)
+def test_bad_output_folder_is_one_line_before_any_data(tmp_path, capsys, make, expected):
+    output = make(tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--dataset", "cifar10", "--data-dir", "/nonexistent", "--output",
+                  str(output)])  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and expected in err and "--output" in err
+    assert "--data-dir" not in err  # the folder is checked before the data
+    assert time.perf_counter() - start < 5
+
+
+# --------------------------------------------------------------------------- #
+# config.json records the settings a run uses; --resume compares them.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    "method, used, unused",
+    [
+        ("sgd", [], ["rho", "mu", "alpha", "eta", "swp_probability", "sds_fraction"]),
+        ("sam", ["rho"], ["mu", "alpha", "eta", "swp_probability", "sds_fraction"]),
+        ("bisam-neglog", ["rho", "mu"], ["alpha", "eta", "swp_probability", "sds_fraction"]),
+        ("bisam-tanh", ["rho", "mu", "alpha"], ["eta", "swp_probability", "sds_fraction"]),
+        ("a-bisam-tanh", ["rho", "mu", "alpha", "eta"], ["swp_probability", "sds_fraction"]),
+        ("esam", ["rho", "swp_probability", "sds_fraction"], ["mu", "alpha", "eta"]),
+    ],
+)
+def test_config_records_only_the_settings_the_method_uses(method, used, unused):
+    config = RunConfig(method=method, mu=2.0)
+    recorded = runner.recorded_config(config)
+    for name in used:
+        assert recorded[name] == getattr(config, name), name
+    for name in unused:
+        assert recorded[name] is None, name
+    assert list(recorded) == [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def _saved_run(tmp_path, finished, **fields):
+    """A run folder as `bisam-keras train` leaves it: config.json (and result.json).
+
+    config.json as earlier versions wrote it, every field with its value:
+    `--resume` reads those too."""
+    config = RunConfig(output=str(tmp_path), subset=300, batch_size=64, epochs=10, verbose=0,
+                       **fields)  # fmt: skip
+    os.makedirs(config.run_dir())
+    with open(os.path.join(config.run_dir(), "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f)
+    if finished:
+        result = {"val_accuracy": 0.5, "epoch": 7, "epochs_run": 10, "test_accuracy": 0.25}
+        with open(os.path.join(config.run_dir(), "result.json"), "w") as f:
+            json.dump(result, f)
+    return config
+
+
+BASE = ["train", "--subset", "300", "--batch-size", "64", "--verbose", "0"]
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_resume_refuses_changed_settings_in_one_message(tmp_path, capsys, finished):
+    config = _saved_run(tmp_path, finished)
+    with pytest.raises(SystemExit) as info:
+        cli.main([*BASE, "--output", str(tmp_path), "--resume", "--lr", "0.5", "--rho", "0.3"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--lr 0.1 -> 0.5" in err and "--rho 0.05 -> 0.3" in err
+    assert ("finished" if finished else "interrupted") in err
+    saved = json.load(open(os.path.join(config.run_dir(), "config.json")))
+    assert (saved["lr"], saved["rho"]) == (0.1, 0.05)  # untouched
+
+
+def test_resume_of_a_finished_run_with_more_epochs_is_refused(tmp_path, capsys):
+    _saved_run(tmp_path, finished=True)
+    with pytest.raises(SystemExit) as info:
+        cli.main([*BASE, "--output", str(tmp_path), "--resume", "--epochs", "12"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "finished" in err and "--epochs 10 -> 12" in err
+
+
+def test_resume_of_a_finished_run_prints_its_result(tmp_path, capsys):
+    # --verbose and settings the method does not use (alpha for -log) do not
+    # change the experiment.
+    _saved_run(tmp_path, finished=True)
+    argv = ["train", "--subset", "300", "--batch-size", "64", "--epochs", "10", "--verbose", "2"]
+    assert cli.main([*argv, "--output", str(tmp_path), "--resume", "--alpha", "0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out
+    assert "best validation accuracy 50.00% at epoch 7/10: test accuracy 25.00%" in out
+
+
+def test_differences_count_a_missing_field_as_its_default():
+    config = RunConfig(method="esam")
+    saved = runner.recorded_config(config)
+    del saved["sds_fraction"], saved["sync_perturbation"]  # a config.json of an older version
+    assert runner.config_differences(saved, config) == []
+    assert runner.config_differences(saved, RunConfig(method="esam", sds_fraction=0.25)) == [
+        ("sds_fraction", 0.5, 0.25)
+    ]
+    # where the run is read from and how it is shown may change
+    moved = RunConfig(method="esam", output="elsewhere", verbose=0, data_dir="/data")
+    assert runner.config_differences(saved, moved) == []
+
+
+# --------------------------------------------------------------------------- #
+# results.csv: one CSV table.
+# --------------------------------------------------------------------------- #
+
+
+def test_results_csv_has_one_header_and_one_row_per_group_and_metric(tmp_path, capsys):
+    out = tmp_path / "runs"
+    expected = {}
+    for d_i, dataset in enumerate(("cifar10", "digits")):
+        for m_i, model in enumerate(("resnet20", "wrn28_2")):
+            for k_i, method in enumerate(("sam", "bisam-neglog")):
+                for seed in (0, 1, 2):
+                    top1 = 0.5 + 0.1 * d_i + 0.01 * m_i + 0.001 * k_i + 0.0001 * seed**2
+                    top5 = 0.9 + 0.001 * seed
+                    folder = out / dataset / model / method / f"seed{seed}"
+                    folder.mkdir(parents=True)
+                    (folder / "result.json").write_text(json.dumps({
+                        "dataset": dataset, "model": model, "method": method, "seed": seed,
+                        "test_accuracy": top1, "test_top5_accuracy": top5,
+                    }))  # fmt: skip
+                    for metric, value in (("test_accuracy", top1), ("test_top5_accuracy", top5)):
+                        expected.setdefault((dataset, model, method, metric), []).append(value)
+    assert cli.main(["report", "--output", str(out)]) == 0
+    raw = (out / "results.csv").read_bytes()
+    assert b"\r" not in raw
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["dataset", "model", "method", "metric", "mean", "std", "seeds"]
+    body = rows[1:]
+    assert len(body) == len(expected) == 16
+    seen = set()
+    for dataset, model, method, metric, mean, std, seeds in body:
+        key = (dataset, model, method, metric)
+        assert key not in seen
+        seen.add(key)
+        values = expected[key]
+        # mean and sample std of three doubles: a few ulps apart at most
+        assert float(mean) == pytest.approx(statistics.mean(values), rel=1e-12)
+        assert float(std) == pytest.approx(statistics.stdev(values), rel=1e-9, abs=1e-15)
+        assert seeds == "0 1 2"
+
+
+# --------------------------------------------------------------------------- #
+# Errors of the data are one line, exit 1.
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("kind", ["DataError", "DatasetUnavailableError"])
+def test_data_errors_are_one_line_exit_1(tmp_path, capsys, monkeypatch, kind):
+    # The loader's own error types (a two-line message too) reach the user as
+    # one line; the readers' checks are tested in tests/test_data.py.
+    from bisam_keras import data
+
+    def unusable(*args, **kwargs):
+        raise getattr(data, kind)("train-00000-of-00005.tfrecord: record 7\ndoes not decode")
+
+    monkeypatch.setattr(runner.data_lib, "load", unusable)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--output", str(tmp_path / "o"), "--verbose", "0"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "bisam-keras train: error: train-00000-of-00005.tfrecord: record 7 does not decode\n"
+    )
+    assert not os.path.exists(tmp_path / "o")
