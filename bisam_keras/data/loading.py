@@ -95,9 +95,9 @@ def load(
             test splits keep every example. Defaults to `False`.
         verify: with `data_dir`, scan every shard before building the
             pipeline (see `read_tfrecord_folder`): `"records"` (checksums,
-            features, label range, image signatures; about 1 s for CIFAR-10
-            on 2 cores), `"full"` (also decodes every image; about 10x
-            slower) or `None`. Defaults to `"records"`.
+            features, label range, image signatures; 1-2 s for CIFAR-10
+            on 2 cores), `"full"` (also decodes every image; 10-20 s)
+            or `None`. Defaults to `"records"`.
         validation_split: `"seeded"`: a permutation drawn from `seed`, the
             first `round(validation_fraction * n)` indices held out;
             `"authors"`: the paper's code's split, the same for every `seed`
