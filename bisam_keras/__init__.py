@@ -13,11 +13,15 @@ model.compile(
 model.fit(train_ds, epochs=200)
 ```
 
-The public names are loaded on first use (PEP 562), so that `import
-bisam_keras.cli` and `bisam-keras --help` do not import TensorFlow.
+`import bisam_keras` loads everything, so that `keras.models.load_model`
+finds the package's serializable classes. Only in the `bisam-keras` command
+are the public names loaded on first use (PEP 562): it parses its arguments
+before TensorFlow is imported, and `bisam-keras --help` answers at once.
 """
 
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
@@ -69,3 +73,16 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+def _started_as_the_command():
+    """Whether this process is the `bisam-keras` console script."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    name = os.path.basename(main).lower()
+    return name in ("bisam-keras", "bisam-keras.exe", "bisam-keras-script.py")
+
+
+if not _started_as_the_command():
+    for _name in __all__:
+        __getattr__(_name)
+    del _name
