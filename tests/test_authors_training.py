@@ -205,8 +205,9 @@ def test_wrapper_weight_decay_adds_wd_w_before_the_inner_optimizer():
     g = [np.array([[0.1, 0.2], [-0.3, 0.4]], np.float32), np.array([0.05, -0.5], np.float32)]
     variables = [keras.Variable(w0), keras.Variable(b0)]
     sam = bk.SAM(TorchSGD(0.5, momentum=0.9), rho=0.05, weight_decay=0.1, seed=0)
-    sam.apply([tf.constant(v) for v in g], variables)
-    sam.apply([tf.constant(v) for v in g], variables)
+    with sam.descent_step():  # as SharpnessAwareMixin.train_step applies it
+        sam.apply([tf.constant(v) for v in g], variables)
+        sam.apply([tf.constant(v) for v in g], variables)
     # NumPy: torch SGD(momentum=0.9, weight_decay=0.1), twice; every variable decayed.
     expected = []
     for p, gp in zip((w0, b0), g):
@@ -227,7 +228,8 @@ def test_wrapper_weight_decay_respects_exclusions_and_loss_scaling():
     w, b = keras.Variable(w0, name="kernel"), keras.Variable(b0, name="bias")
     sam = bk.SAM(keras.optimizers.SGD(0.1), weight_decay=0.2, seed=0)
     sam.exclude_from_weight_decay(var_names=["bias"])
-    sam.apply([tf.constant(g), tf.constant(g)], [w, b])
+    with sam.descent_step():
+        sam.apply([tf.constant(g), tf.constant(g)], [w, b])
     np.testing.assert_allclose(w.numpy(), w0 - 0.1 * (g + 0.2 * w0), rtol=RTOL)
     np.testing.assert_allclose(b.numpy(), b0 - 0.1 * g, rtol=RTOL)
     # With a loss-scaled inner optimizer the gradients arrive scaled.
@@ -237,7 +239,8 @@ def test_wrapper_weight_decay_respects_exclusions_and_loss_scaling():
         weight_decay=0.2,
         seed=0,
     )
-    scaled.apply([tf.constant(g * 1024.0)], [v])
+    with scaled.descent_step():
+        scaled.apply([tf.constant(g * 1024.0)], [v])
     np.testing.assert_allclose(v.numpy(), w0 - 0.1 * (g + 0.2 * w0), rtol=RTOL)
 
 
