@@ -347,23 +347,67 @@ def test_torch_data_is_the_keras_runs_data():
 # The slow end-to-end check on real CIFAR-10
 
 
+def noisy_fit_callback(config):
+    """Per epoch: cross-entropy and accuracy at `w` on the noisy training labels.
+
+    The run's own training split (same subset, split and noisy labels, via
+    `load` with the run's settings), without augmentation; plain
+    cross-entropy (no smoothing, no weight-decay term), in float64 NumPy.
+    """
+    import keras
+    import torch_train
+
+    from bisam_keras import data as data_lib
+
+    class NoisyFit(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            kwargs = {**torch_train.load_kwargs(config), "batch_size": 256}
+            splits = data_lib.load(config.dataset, **kwargs)
+            pairs = [(x.numpy(), y.numpy()) for x, y in splits.train]
+            self.x = np.concatenate([x for x, _ in pairs])
+            self.y = np.concatenate([y for _, y in pairs]).reshape(-1)
+            self.loss, self.accuracy = [], []
+
+        def on_epoch_end(self, epoch, logs=None):
+            logits = self.model.predict(self.x, verbose=0, batch_size=256).astype(np.float64)
+            shifted = logits - logits.max(1, keepdims=True)
+            log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+            self.loss.append(float(-log_p[np.arange(len(self.y)), self.y].mean()))
+            self.accuracy.append(float((logits.argmax(1) == self.y).mean()))
+
+    return NoisyFit()
+
+
+# 200 CIFAR-10 images (180 train, 72 of them with a wrong label), batch 32:
+# 6 steps an epoch, 180 steps in all. Measured on the 2-core build machine
+# (seeds 0, 1, 2; see docs/results.md): SGD's loss on the noisy labels falls to
+# about 1.5 (53% of them fitted) while SAM's stays near 1.8 (40%); the margin
+# is above 0.2 at each of the last 10 epochs for every seed.
+SUBSET, EPOCHS, BATCH, LAST, MIN_MARGIN = 200, 30, 32, 10, 0.1
+
+
 @pytest.mark.slow
 @needs_cifar
 def test_sam_resists_noisy_labels_more_than_sgd(tmp_path):
-    """SAM's training loss on 40%-noisy labels stays above SGD's; rho = 0 gives SGD.
+    """SAM's loss on 40%-noisy training labels stays above SGD's; rho = 0 gives SGD.
 
-    The study's pipeline (`--preset paper-cifar`, the runner), ResNet-20, the
-    first 1,000 CIFAR-10 training images (900 train), 40% noise, the same
-    epochs for both, one seed. SGD fits the noisy labels faster than SAM, so
-    its training loss (at `w`, on the noisy labels) is lower at every epoch
-    after the first. With `rho = 0`, SAM's step is SGD's: its losses equal
-    SGD's to float32 accuracy, so the margin below is SAM's doing, and the
-    test fails if the sharpness-aware step degenerates to plain SGD.
+    The study's pipeline (`--preset paper-cifar` through `reproduce.make_configs`,
+    the runner), ResNet-20 on a small noisy subset of the real CIFAR-10, the
+    same epochs for both methods, seed 0. SGD fits the wrong labels faster, so
+    its loss on the noisy training labels (at `w`, without augmentation) is
+    lower than SAM's at every one of the last `LAST` epochs by more than
+    `MIN_MARGIN`. With `rho = 0` SAM's step is SGD's, and its losses equal
+    SGD's: the margin is the sharpness-aware step's doing, and the test fails
+    if that step degenerates to plain SGD.
     """
+    pytest.importorskip("torch")
     from bisam_keras.experiments import runner
 
     def run(method, rho=None):
-        flags = ("--rho", str(rho)) if rho is not None else ()
+        flags = ("--batch-size", str(BATCH))
+        if rho is not None:
+            flags += ("--rho", str(rho))
         (config,) = reproduce.make_configs(
             CIFAR10,
             str(tmp_path / f"{method}{rho}"),
@@ -376,18 +420,20 @@ def test_sam_resists_noisy_labels_more_than_sgd(tmp_path):
             extra_flags=flags,
         )
         config.epochs = EPOCHS  # the same epochs for both methods here
-        runner.run(config)
-        return json.loads((Path(config.run_dir()) / "history.json").read_text())["loss"]
+        config.verbose = 0
+        callback = noisy_fit_callback(config)
+        runner.run(config, callbacks=[callback])
+        assert all(math.isfinite(v) for v in callback.loss)
+        return np.asarray(callback.loss), np.asarray(callback.accuracy)
 
-    sgd, sam, sam0 = run("sgd"), run("sam"), run("sam", rho=0.0)
-    margins = np.asarray(sam[1:]) - np.asarray(sgd[1:])
-    print("sgd", sgd, "sam", sam, "sam rho=0", sam0)
+    (sgd, sgd_acc), (sam, sam_acc) = run("sgd"), run("sam")
+    print("noisy-label loss: sgd", sgd.round(3), "sam", sam.round(3))
+    margins = sam[-LAST:] - sgd[-LAST:]
     assert np.all(margins > MIN_MARGIN), margins
-    # rho = 0: the same computation as SGD up to float32 summation order.
-    # The loss is ~2-3; one epoch's mean over 900 examples carries rounding
-    # of ~1e-6 relative per step, amplified by the training's sensitivity
-    # over EPOCHS * 8 steps; 1e-2 absolute is 10x below MIN_MARGIN.
-    np.testing.assert_allclose(sam0, sgd, atol=1e-2)
-
-
-SUBSET, EPOCHS, MIN_MARGIN = 1_000, 6, 0.1
+    assert sgd_acc[-1] > sam_acc[-1]  # SGD fits more of the noisy labels
+    assert sgd[-1] < sgd[5]  # and it does learn: the loss falls after the first epochs
+    sam0, _ = run("sam", rho=0.0)
+    # rho = 0: the same operations as SGD (the ascent step adds 0); here they
+    # are bit-equal. 0.02 leaves room for float32 sums reordered on other CPUs
+    # and amplified over 180 steps, and is 5x below MIN_MARGIN.
+    np.testing.assert_allclose(sam0, sgd, atol=0.02)
