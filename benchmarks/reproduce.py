@@ -433,6 +433,7 @@ def _band(ax, curves, label, **style):
     mean = data.mean(0)
     std = data.std(0, ddof=1) if len(curves) > 1 else np.zeros(length)
     x = np.arange(1, length + 1)
+    style = {"marker": "o", "markersize": 3, **style}
     (line,) = ax.plot(x, mean, label=f"{label} (n={len(curves)})", **style)
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
 
