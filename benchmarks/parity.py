@@ -1,0 +1,305 @@
+"""PyTorch parity, end to end: the same network, data and protocol in both frameworks.
+
+For each seed it trains
+
+- bisam-keras: `bisam_keras.experiments.runner.run` with `--preset paper-cifar`
+  (through `bisam_keras.cli.make_configs`), resumable;
+- PyTorch: the authors' loop (`benchmarks/torch_train.py`) on exactly the same
+  images, train/validation split and noisy labels (read from the Keras run's
+  own pipeline), with the same learning rate, momentum, weight decay, batch,
+  `rho`, `mu` and epochs;
+
+then plots both learning curves (mean over seeds, band ±1 std) in one PNG and
+decides, epoch by epoch, whether they agree within seed noise:
+
+```
+|mean_keras - mean_torch| <= 3 * sqrt(std_keras^2 / n_keras + std_torch^2 / n_torch)
+```
+
+(the difference of two means against three standard errors of that
+difference, the seeds' sample stds) for the test accuracy and the training
+accuracy. The verdict, the table and the PNG go into the parity section of
+`docs/results.md` (between `<!-- parity:begin -->` and `<!-- parity:end -->`).
+
+```
+python benchmarks/parity.py --data-dir ../shared/data/cifar10                 # 3 seeds x 5 epochs
+python benchmarks/parity.py --data-dir ../shared/data/cifar10 --quick         # smoke run
+```
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import reproduce  # noqa: E402
+
+METRICS = ("accuracy", "test_accuracy")
+
+
+def agreement(keras_curves, torch_curves, z=3.0):
+    """Per-epoch agreement of two sets of curves (lists of per-seed lists).
+
+    Returns:
+        A list of dicts per epoch: `keras_mean`, `torch_mean`, `diff`
+        (keras - torch), `se` (standard error of the difference from the
+        seeds' sample stds) and `ok` (`|diff| <= z * se`); `se` is NaN with
+        fewer than two seeds a side, and then `ok` is False.
+    """
+    import numpy as np
+
+    length = min(min(len(c) for c in keras_curves), min(len(c) for c in torch_curves))
+    k = np.asarray([c[:length] for c in keras_curves], float)
+    t = np.asarray([c[:length] for c in torch_curves], float)
+    rows = []
+    for e in range(length):
+        if len(k) > 1 and len(t) > 1:
+            se = math.sqrt(k[:, e].var(ddof=1) / len(k) + t[:, e].var(ddof=1) / len(t))
+        else:
+            se = math.nan
+        diff = float(k[:, e].mean() - t[:, e].mean())
+        rows.append(
+            {
+                "epoch": e + 1,
+                "keras_mean": float(k[:, e].mean()),
+                "torch_mean": float(t[:, e].mean()),
+                "diff": diff,
+                "se": se,
+                "ok": bool(se == se and abs(diff) <= z * se),
+            }
+        )
+    return rows
+
+
+def plot(keras_histories, torch_histories, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("loss", "loss_l2", "training loss (at w, + L2)"),
+        ("accuracy", "accuracy", "training accuracy (%), noisy labels"),
+        ("test_accuracy", "test_accuracy", "test accuracy (%)"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (keras_key, torch_key, title) in zip(axes, panels):
+        scale = 1.0 if "loss" in keras_key else 100.0
+        for histories, key, label in (
+            (keras_histories, keras_key, "bisam-keras"),
+            (torch_histories, torch_key, "PyTorch (authors' loop)"),
+        ):
+            curves = [[scale * v for v in h[key]] for h in histories if key in h]
+            if curves:
+                reproduce._band(ax, curves, label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8)
+    fig.suptitle("bisam-keras vs PyTorch: mean over seeds, band = ±1 std")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def section(summary, png_name, command):
+    """The Markdown of the parity section."""
+    s = summary
+    lines = []
+    if len(s["seeds"]) < 3 or s["epochs"] < 3:
+        lines += [
+            f"**Status: a smoke run ({len(s['seeds'])} seed(s), {s['epochs']} epoch(s)), not "
+            "the parity check: it shows that both sides run on the same data; the verdict "
+            "below means nothing at this size. Run the command without `--quick`.**",
+            "",
+        ]
+    lines += [
+        f"Method `{s['method']}`, model `{s['model']}`, {s['num_train']} training images "
+        f"({100 * s['label_noise']:.0f}% noisy labels), {s['epochs']} epochs, seeds "
+        f"{s['seeds']}. Both sides train on the same images, split and noisy labels (the "
+        "PyTorch side reads them from the Keras run's pipeline). Parameters: bisam-keras "
+        f"{s['keras_params']:,}, PyTorch (authors' ResNet) {s['torch_params']:,}.",
+        "",
+        f"![PyTorch parity]({png_name})",
+        "",
+        "| Epoch | Keras test acc. | PyTorch test acc. | Difference | 3 × SE | Within |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in s["agreement"]["test_accuracy"]:
+        lines.append(
+            f"| {r['epoch']} | {100 * r['keras_mean']:.2f} | {100 * r['torch_mean']:.2f} | "
+            f"{100 * r['diff']:+.2f} | {300 * r['se']:.2f} | {'yes' if r['ok'] else '**no**'} |"
+        )
+    verdict = (
+        "**They agree within seed noise**"
+        if s["agree"]
+        else "**They do NOT agree within seed noise**"
+    )
+    lines += [
+        "",
+        f"{verdict}: the per-epoch difference of the means of the test accuracy and of the "
+        "training accuracy is within three standard errors of that difference (from the "
+        f"seeds' sample standard deviations) at {s['epochs_within']} of {s['epochs_checked']} "
+        "(epoch, metric) pairs. The training-loss panel is for reading only: the Keras "
+        "loss follows the runner's convention for weight decay, the PyTorch curve adds "
+        "`weight_decay / 2 * ||w||^2` to the authors' smoothed cross-entropy.",
+        "",
+        "```",
+        command,
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(docs_path, text):
+    """Replaces the parity section of `docs_path` (or appends one)."""
+    old = open(docs_path).read() if os.path.exists(docs_path) else ""
+    block = f"{reproduce.PARITY_BEGIN}\n{text}\n{reproduce.PARITY_END}"
+    if reproduce.PARITY_BEGIN in old and reproduce.PARITY_END in old:
+        start = old.index(reproduce.PARITY_BEGIN)
+        end = old.index(reproduce.PARITY_END) + len(reproduce.PARITY_END)
+        new = old[:start] + block + old[end:]
+    else:
+        new = old + ("\n" if old else "") + "## PyTorch parity\n\n" + block + "\n"
+    with open(docs_path, "w") as f:
+        f.write(new)
+
+
+def run_parity(args, command):
+    import torch
+    import torch_train
+
+    from bisam_keras.experiments import runner
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keras_histories, torch_histories, config = [], [], None
+    for seed in args.seeds:
+        config = torch_train.keras_config(
+            args.data_dir,
+            args.method,
+            seed,
+            args.subset,
+            args.label_noise,
+            args.epochs,
+            output=os.path.join(args.output, "keras"),
+            model=args.model,
+        )
+        print(f"== keras {args.method} seed {seed}")
+        runner.run(config, resume=True)
+        with open(os.path.join(config.run_dir(), "history.json")) as f:
+            keras_histories.append(json.load(f))
+        torch_path = os.path.join(args.output, "torch", args.method, f"seed{seed}", "history.json")
+        history = None
+        if os.path.exists(torch_path):
+            with open(torch_path) as f:
+                history = json.load(f)
+        if history is None or len(history.get("test_accuracy", [])) < args.epochs:
+            print(f"== torch {args.method} seed {seed}")
+            arrays = torch_train.keras_run_arrays(config)
+            history = torch_train.train(
+                arrays,
+                args.method,
+                seed=seed,
+                model=args.model,
+                epochs=args.epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+                smoothing=args.smoothing,
+                rho=config.rho,
+                mu=config.mu,
+                alpha=config.alpha,
+                history_path=torch_path,
+            )
+        else:
+            print(f"== torch {args.method} seed {seed}: finished, skipped")
+        torch_histories.append(history)
+    agreements = {
+        m: agreement([h[m] for h in keras_histories], [h[m] for h in torch_histories])
+        for m in METRICS
+    }
+    checked = [r for rows in agreements.values() for r in rows]
+    keras_params, torch_params = _param_counts(config, args.model)
+    with open(os.path.join(config.run_dir(), "result.json")) as f:
+        result = json.load(f)
+    summary = {
+        "method": args.method,
+        "model": args.model,
+        "seeds": list(args.seeds),
+        "epochs": args.epochs,
+        "label_noise": args.label_noise,
+        "num_train": result["num_train"],
+        "keras_params": keras_params,
+        "torch_params": torch_params,
+        "agreement": agreements,
+        "epochs_checked": len(checked),
+        "epochs_within": sum(r["ok"] for r in checked),
+        "agree": all(r["ok"] for r in checked),
+    }
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "parity.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    stem = os.path.splitext(os.path.basename(args.docs))[0]
+    png = f"{stem}_parity.png"
+    plot(
+        keras_histories,
+        torch_histories,
+        os.path.join(os.path.dirname(os.path.abspath(args.docs)), png),
+    )
+    write_section(args.docs, section(summary, png, command))
+    print(json.dumps({k: v for k, v in summary.items() if k != "agreement"}, indent=2))
+    print(f"wrote {args.docs} (parity section) and {png}")
+    return summary
+
+
+def _param_counts(config, model):
+    import torch_train
+
+    from bisam_keras import models
+
+    kwargs = {}
+    variant = getattr(config, "model_variant", None)
+    if variant:
+        kwargs["variant"] = variant
+    keras_model = models.build(config.model, 10, input_shape=(32, 32, 3), **kwargs)
+    keras_params = int(sum(int(v.numpy().size) for v in keras_model.trainable_variables))
+    torch_params = sum(p.numel() for p in torch_train.authors_resnet(model).parameters())
+    return keras_params, int(torch_params)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="../shared/data/cifar10")
+    p.add_argument("--method", default="sam", choices=reproduce.METHODS)
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--subset", type=int, default=10_000)
+    p.add_argument("--label-noise", type=float, default=0.4)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--smoothing", type=float, default=0.1, help="the authors' s (PyTorch side)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default="runs/parity")
+    p.add_argument("--docs", default=os.path.join(ROOT, "docs", "results.md"))
+    p.add_argument("--quick", action="store_true", help="2 seeds x 1 epoch on 1,000 images")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.quick:
+        args.seeds, args.epochs, args.subset = args.seeds[:2], 1, 1_000
+        if args.output == "runs/parity":
+            args.output = "runs/parity-quick"
+    command = "python benchmarks/parity.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run_parity(args, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
