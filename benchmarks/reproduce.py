@@ -43,6 +43,7 @@ spread over several sittings.
 import argparse
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -129,6 +130,30 @@ def noise_dir(output, noise):
 
 # --------------------------------------------------------------------------
 # Configurations
+
+
+def load_kwargs(config):
+    """`bisam_keras.data.load` arguments of a `RunConfig`, augmentation off.
+
+    Every `load` parameter that `RunConfig` has a field of the same name for
+    is passed on (so options the runner forwards to `load`, such as a fixed
+    validation split, apply here too); augmentation and Cutout are off: the
+    PyTorch side applies its own.
+    """
+    from bisam_keras import data as data_lib
+
+    params = inspect.signature(data_lib.load).parameters
+    kwargs = {}
+    for name in params:
+        if name in ("name", "augment", "cutout", "drop_remainder"):
+            continue
+        if hasattr(config, name):
+            kwargs[name] = getattr(config, name)
+    if "augment" in params:
+        kwargs["augment"] = False
+    if "cutout" in params:
+        kwargs["cutout"] = False
+    return kwargs
 
 
 def make_configs(

@@ -34,7 +34,6 @@ regularizer), `accuracy` (training batches, at `w`), `val_loss`,
 """
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reproduce import load_kwargs  # noqa: E402, F401  (torch-free; the slow CI test uses it)
 from torch_sam import SAM, disable_running_stats, enable_running_stats  # noqa: E402
 
 METHODS = ("sgd", "sam", "bisam-neglog", "bisam-tanh")
@@ -163,30 +163,6 @@ def authors_resnet(name="resnet20", num_classes=10):
 
 # ---------------------------------------------------------------------------
 # Data: the Keras run's own split, subset and noisy labels
-
-
-def load_kwargs(config):
-    """`bisam_keras.data.load` arguments of a `RunConfig`, augmentation off.
-
-    Every `load` parameter that `RunConfig` has a field of the same name for
-    is passed on (so options the runner forwards to `load`, such as a fixed
-    validation split, apply here too); augmentation and Cutout are off: the
-    PyTorch side applies its own.
-    """
-    from bisam_keras import data as data_lib
-
-    params = inspect.signature(data_lib.load).parameters
-    kwargs = {}
-    for name in params:
-        if name in ("name", "augment", "cutout", "drop_remainder"):
-            continue
-        if hasattr(config, name):
-            kwargs[name] = getattr(config, name)
-    if "augment" in params:
-        kwargs["augment"] = False
-    if "cutout" in params:
-        kwargs["cutout"] = False
-    return kwargs
 
 
 def _to_uint8(images, mean, std):
