@@ -107,8 +107,8 @@ def _add_run_flags(parser, several):
     g.add_argument("--data-dir", help="a folder of TFRecord shards in the offline format")
     g.add_argument("--tfds-dir", help="tensorflow-datasets data_dir")
     if several:
-        g.add_argument("--models", nargs="+", choices=MODELS, metavar="MODEL")
-        g.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD")
+        g.add_argument("--models", "--model", nargs="+", choices=MODELS, metavar="MODEL")
+        g.add_argument("--methods", "--method", nargs="+", choices=METHODS, metavar="METHOD")
     else:
         g.add_argument(
             "--model",
