@@ -42,7 +42,6 @@ spread over several sittings.
 
 import argparse
 import csv
-import dataclasses
 import inspect
 import json
 import math
@@ -195,20 +194,18 @@ def make_configs(
             argv += ["--output", noise_dir(output, level), "--verbose", "2", *extra_flags]
             args = cli.build_parser().parse_args(argv)
             configs.extend(cli.make_configs(args, several=True))
+    # Seed by seed: a study cut short still holds whole comparisons.
+    order = {m: i for i, m in enumerate(methods)}
+    configs.sort(key=lambda c: (-c.label_noise, c.seed, order[c.method]))
     return configs
 
 
-_IGNORED_FIELDS = ("verbose", "output")
-
-
 def config_mismatch(saved, config):
-    """The fields on which a saved `config.json` dict differs from `config`."""
-    current = dataclasses.asdict(config)
-    return sorted(
-        key
-        for key in set(saved) & set(current)
-        if key not in _IGNORED_FIELDS and saved[key] != current[key]
-    )
+    """The fields on which a saved `config.json` dict differs from `config`
+    (`runner.config_differences`: unused settings and `verbose`/`output` aside)."""
+    from bisam_keras.experiments import runner
+
+    return sorted(name for name, _, _ in runner.config_differences(saved, config))
 
 
 def run_state(config):
