@@ -539,7 +539,7 @@ def test_preset_steps_equal_the_authors_steps_in_float64(method, jit):
     x, y = make_data()
     inner = build_mlp(params)
     optimizer = runner.build_optimizer(config, total_steps=4, steps_per_epoch=2)
-    model = inner if method == "sgd" else bk.SharpnessAwareModel(inner)
+    model = runner.training_model(inner, optimizer)
     model.compile(optimizer=optimizer, loss=runner.build_loss(config, K), jit_compile=jit)
     bound = {"sam": "sam", "sgd": "sgd"}.get(method, method.removeprefix("bisam-"))
     cfg = {

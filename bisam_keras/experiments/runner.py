@@ -39,7 +39,7 @@ from bisam_keras import data as data_lib
 from bisam_keras import models as models_lib
 from bisam_keras.experiments import folders, protocol
 from bisam_keras.experiments import methods as methods_lib
-from bisam_keras.optimizers import EpochCosineDecay, TorchSGD
+from bisam_keras.optimizers import EpochCosineDecay, SharpnessAwareOptimizer, TorchSGD
 from bisam_keras.training import SharpnessAwareModel
 
 
@@ -648,6 +648,16 @@ def _remove(path):
         os.remove(path)
 
 
+def training_model(inner, optimizer):
+    """The model that `fit` trains: `inner` wrapped in `SharpnessAwareModel`
+    whenever `optimizer` is a sharpness-aware wrapper (also the `sgd` method's
+    `SAM(rho=0, weight_decay=...)`, which carries the decay at `w`), else
+    `inner` itself. A wrapper needs the sharpness-aware step."""
+    if isinstance(optimizer, SharpnessAwareOptimizer):
+        return SharpnessAwareModel(inner)
+    return inner
+
+
 def add_coupled_weight_decay(model, weight_decay):
     """L2 with gradient `weight_decay * w` on every trainable variable.
 
@@ -873,7 +883,7 @@ def run(config, resume=False, callbacks=()):
         if uses_coupled_l2(config):
             add_coupled_weight_decay(inner, config.weight_decay)
         optimizer = build_optimizer(config, total_steps, steps_per_epoch)
-        model = inner if config.method == "sgd" else SharpnessAwareModel(inner)
+        model = training_model(inner, optimizer)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         if splits.num_classes > 5:
             metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
