@@ -10,6 +10,15 @@ median steps (no input pipeline).
 
     python benchmarks/epoch_time.py --quick --json epoch_time.json --plot step_time.png
     python benchmarks/epoch_time.py --jit-compile --mixed-precision --json epoch_time.json  # GPU
+    python benchmarks/epoch_time.py --quick --breakdown --json epoch_time.json
+
+`--breakdown` also times, per model, the passes an E-BiSAM step is made of
+(forward+backward on the whole and on half the batch, forward alone on the
+whole batch, the SWP mask), interleaved, in wall and process CPU seconds, and
+gives the E-BiSAM / BiSAM ratio they predict:
+`(fb(b) + f(b) + fb(b/2) + mask) / (2 fb(b))`. The arithmetic floor 0.917
+takes `fb(b/2) = fb(b) / 2` and `f = fb / 3`; the breakdown shows what the
+kernels of this machine give instead.
 
 Peak memory: on a GPU, TensorFlow's allocator peak over one step
 (`tf.config.experimental.get_memory_info("GPU:0")["peak"]` after
@@ -76,13 +85,15 @@ def build(method, model_name, num_classes, jit_compile, seed=0):
     return model
 
 
-def time_steps(model, x, y, steps):
-    """Seconds of each of `steps` `train_on_batch` calls."""
+def time_steps(model, x, y, steps, cpu_times=None):
+    """Seconds of each of `steps` `train_on_batch` calls; process CPU seconds into `cpu_times`."""
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.train_on_batch(x, y)
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu)
     return times
 
 
@@ -162,14 +173,72 @@ def cpu_memory_proxy(model_name, method, args):
     return json.loads(output.strip().splitlines()[-1])
 
 
+def e_bisam_breakdown(model_name, num_classes, x, y, rounds):
+    """Median seconds (wall and CPU) of the passes of an E-BiSAM step, and its predicted ratio."""
+    from bisam_keras import perturbation
+
+    keras.utils.set_random_seed(0)
+    model = bk.models.build(model_name, num_classes)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = model.trainable_variables
+    half = -(-x.shape[0] // 2)  # ceil(b / 2), the E-BiSAM default sds_fraction = 0.5
+
+    def stateless(fn):
+        # As in the step: the passes read the weights through a StatelessScope.
+        with keras.StatelessScope(state_mapping=[(v, v.value) for v in variables]):
+            return fn()
+
+    @tf.function
+    def forward_backward(x, y):
+        with tf.GradientTape() as tape:
+            loss = stateless(lambda: loss_fn(y, model(x, training=True)))
+        return tape.gradient(loss, variables)
+
+    @tf.function
+    def forward(x):
+        return stateless(lambda: model(x, training=True))
+
+    @tf.function
+    def swp_mask(seed):
+        return perturbation.stochastic_weight_mask([tf.ones_like(v) for v in variables], 0.5, seed)
+
+    seed = tf.constant([1, 2], tf.int32)
+    passes = {
+        "forward_backward_full": lambda: forward_backward(x, y),
+        "forward_backward_half": lambda: forward_backward(x[:half], y[:half]),
+        "forward_full": lambda: forward(x),
+        "swp_mask": lambda: swp_mask(seed),
+    }
+    samples = {name: ([], []) for name in passes}
+    for round_ in range(rounds + 2):  # two untimed rounds: tracing, warm-up
+        for name, run in passes.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            tf.nest.map_structure(lambda t: t.numpy(), run())
+            if round_ >= 2:
+                samples[name][0].append(time.perf_counter() - start)
+                samples[name][1].append(time.process_time() - cpu)
+    result = {}
+    for clock, index in (("wall", 0), ("cpu", 1)):
+        ms = {name: 1000 * statistics.median(s[index]) for name, s in samples.items()}
+        full = ms["forward_backward_full"]
+        ms["predicted_e_bisam/bisam"] = (
+            full + ms["forward_full"] + ms["forward_backward_half"] + ms["swp_mask"]
+        ) / (2 * full)
+        ms["half/full"] = ms["forward_backward_half"] / full
+        ms["forward/forward_backward"] = ms["forward_full"] / full
+        result[clock] = ms
+    return result
+
+
 def bench_model(model_name, args, x, y, rounds, steps, device):
     models = {m: build(m, model_name, args.num_classes, args.jit_compile) for m in METHODS}
     for model in models.values():  # warm-up: tracing and compilation
         time_steps(model, x, y, args.warmup)
     samples = {m: [] for m in METHODS}
+    cpu_samples = {m: [] for m in METHODS}
     for _ in range(rounds):
         for method, model in models.items():
-            samples[method].extend(time_steps(model, x, y, steps))
+            samples[method].extend(time_steps(model, x, y, steps, cpu_samples[method]))
     peak_mb = None
     if device.startswith("GPU"):
         peak_mb = {m: peak_step_memory_mb(model, x, y, device) for m, model in models.items()}
@@ -181,6 +250,9 @@ def bench_model(model_name, args, x, y, rounds, steps, device):
         "bisam_tanh/sam": step_ms["bisam_tanh"] / step_ms["sam"],
         "a_bisam/bisam": step_ms["a_bisam"] / step_ms["bisam_neglog"],
         "e_bisam/bisam": step_ms["e_bisam"] / step_ms["bisam_neglog"],
+        # Process CPU time is steadier than wall time on a shared machine.
+        "e_bisam/bisam_cpu_time": statistics.median(cpu_samples["e_bisam"])
+        / statistics.median(cpu_samples["bisam_neglog"]),
     }
     cpu_proxy = None
     if device.startswith("GPU"):
@@ -196,7 +268,11 @@ def bench_model(model_name, args, x, y, rounds, steps, device):
             cpu_proxy["bisam_neglog"][key] / cpu_proxy["sam"][key]
         )
     inner = models["sgd"]
+    breakdown = None
+    if args.breakdown:
+        breakdown = e_bisam_breakdown(model_name, args.num_classes, x, y, rounds * steps)
     return {
+        "e_bisam_breakdown_ms": breakdown,
         "parameters": int(sum(np.prod(v.shape) for v in inner.trainable_variables)),
         "step_ms": step_ms,
         "images_per_s": {m: 1000 * args.batch_size / t for m, t in step_ms.items()},
@@ -276,6 +352,11 @@ def main(argv=None):
         default=True,
         help="on a CPU, measure SAM's and BiSAM's peak RSS in child processes",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the passes an E-BiSAM step is made of (see above)",
+    )
     parser.add_argument("--memory-probe", nargs=2, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=str, default=None, help="write the results here")
     parser.add_argument("--plot", type=str, default=None, help="write a bar chart (PNG) here")
@@ -312,6 +393,12 @@ def main(argv=None):
             print(f"  CPU proxy, peak RSS (MiB): {row['cpu_memory_proxy']}")
         for ratio, value in row["ratios"].items():
             print(f"  {ratio:>22}: {value:.3f}")
+        if row["e_bisam_breakdown_ms"]:
+            for clock, values in row["e_bisam_breakdown_ms"].items():
+                print(
+                    f"  E-BiSAM passes ({clock}): "
+                    + ", ".join(f"{name} {value:.3g}" for name, value in values.items())
+                )
     result = {
         "models": results,
         "config": {

@@ -117,9 +117,11 @@ PARAMS = [
     ("tanh", 1.0, 0.5),
     ("tanh", 25.0, 2.0),
     ("tanh", 0.3, 0.5),
+    ("tanh", 60.0, 0.5),
 ]
-"""Every kernel: -log with half-integer `mu` (square roots) and any `mu` (log
-domain); tanh with `mu >= 1` and with `mu < 1` (expm1/log1p)."""
+"""Every kernel: -log with half-integer `mu` (tanh form, square roots) and any
+`mu` (log domain); tanh with `mu < 1` (expm1/log1p), `1 <= mu <= 40` (no
+shift) and `mu > 40` (max shift)."""
 
 
 # --------------------------------------------------------------------------- #
@@ -397,15 +399,30 @@ def test_low_precision_probabilities(dtype):
     np.testing.assert_allclose(q.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_non_finite_logits_give_nan_rows_only():
-    logits, labels = random_case(seed=15, batch=4, k=3)
+@pytest.mark.parametrize("bound,mu,alpha", PARAMS)
+def test_non_finite_logits_give_nan_rows_only(bound, mu, alpha):
+    logits, labels = random_case(seed=15, batch=5, k=3)
     logits[1, 2] = np.inf
     logits[2, 0] = np.nan
-    q = bl.tanh_lower_bound(labels, logits).numpy()
-    assert np.isnan(q[1]) and np.isnan(q[2])
+    logits[3, labels[3]] = -np.inf
+    q = call_bound(bound, labels, logits, mu, alpha).numpy()
+    assert np.all(np.isnan(q[1:4]))
     np.testing.assert_allclose(
-        q[[0, 3]], np_q(labels[[0, 3]], logits[[0, 3]], "tanh", 10.0, 0.1), rtol=RTOL, atol=ATOL
+        q[[0, 4]], np_q(labels[[0, 4]], logits[[0, 4]], bound, mu, alpha), rtol=RTOL, atol=ATOL
     )
+
+
+@pytest.mark.parametrize("bound,mu,alpha", PARAMS)
+@pytest.mark.parametrize("level", [64.0, 1024.0, -3e4])
+def test_ties_at_large_logits_give_zero(bound, mu, alpha, level):
+    # Regression: the margins must be formed before gamma is added, else
+    # `gamma + s_y` rounds at large |s_y| and ties give |Q| ~ 1e-5. With every
+    # margin 0, Q = 0 exactly; float32 evaluation of phi(0) = 0 through the
+    # kernel's few roundings (each <= 2^-24 relative, times `1/mu` <= 2) stays
+    # far below 1e-6.
+    logits = np.full((3, 4), level, np.float32)
+    q = call_bound(bound, np.array([0, 2, 3]), logits, mu, alpha).numpy()
+    np.testing.assert_allclose(q, 0.0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- #
@@ -742,22 +759,51 @@ def _transcendental_ops(fn):
     return {op: len(re.findall(rf"\b{op}\(", hlo)) for op in ops + ("sqrt", "tanh")}
 
 
-def test_default_kernels_use_one_exponential_per_logit():
+def test_default_kernels_transcendental_budget():
     # A graph guard, not a timing: the closed-form gradients reuse the forward
-    # values, so the default bounds cost one exponential per logit, like
-    # cross-entropy (log and log1p only act once per row, on reductions).
+    # values (log only acts once per row, on a reduction). The -log bound
+    # needs one tanh (XLA's rational approximation, cheaper than exp plus a
+    # division) and one square root (mu = 3/2) per logit; the tanh bound one
+    # tanh and one exponential, against cross-entropy's one exponential.
     neglog = _transcendental_ops(bl.neglog_lower_bound)
-    assert neglog["exponential"] == 1 and neglog["sqrt"] == 1, neglog
-    assert neglog["exponential-minus-one"] == neglog["logistic"] == neglog["power"] == 0, neglog
+    assert neglog["tanh"] == 1 and neglog["sqrt"] == 1, neglog
+    assert neglog["exponential"] == neglog["exponential-minus-one"] == 0, neglog
+    assert neglog["logistic"] == neglog["power"] == neglog["log-plus-one"] == 0, neglog
     tanh = _transcendental_ops(bl.tanh_lower_bound)
     assert tanh["exponential"] == 1 and tanh["tanh"] == 1, tanh
     assert tanh["exponential-minus-one"] == tanh["logistic"] == tanh["power"] == 0, tanh
 
 
+def _row_reductions(fn):
+    """Reductions over the class axis in XLA's optimized forward+backward."""
+    x = tf.constant(random_case(seed=25, batch=8, k=10)[0])
+    y = tf.constant(np.arange(8) % 10)
+
+    def forward_backward(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(fn(y, x))
+        return loss, tape.gradient(loss, x)
+
+    hlo = tf.function(forward_backward, jit_compile=True).experimental_get_compiler_ir(x, y)(
+        stage="hlo"
+    )
+    return len(re.findall(r"= f32\[8\]\{0\} reduce\(|= pred\[8\]\{0\} reduce\(", hlo))
+
+
+def test_default_kernels_reduce_each_row_three_times():
+    # s_y (with the validity check riding on it), the sum of the terms and
+    # the sum of the gradient the chain rule to s_y needs; no max/min shift
+    # pass and no separate is-finite pass.
+    assert _row_reductions(bl.neglog_lower_bound) == 3
+    assert _row_reductions(bl.tanh_lower_bound) == 3
+
+
 @pytest.mark.parametrize(
     "bound,mu,expected",
     [("neglog", 1.5, 3), ("neglog", 0.5, 1), ("neglog", 4.0, 8), ("neglog", 0.7, 0),
-     ("neglog", 10.0, 0), ("tanh", 10.0, 1), ("tanh", 1.0, 1), ("tanh", 0.3, 0)],
+     ("neglog", 10.0, 0), ("tanh", 10.0, 1), ("tanh", 1.0, 1), ("tanh", 0.3, 0),
+     ("tanh", 40.0, 1), ("tanh", 40.5, 2)],
 )  # fmt: skip
 def test_kernel_choice_for_mu(bound, mu, expected):
     assert lower_bounds._fast_path(bound, mu) == expected

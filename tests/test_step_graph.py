@@ -127,3 +127,31 @@ def test_data_selection_adds_a_forward_pass_but_no_backward_pass(traces):
     _, sds_ops = traces["sds"]
     assert sds_ops["Conv2D"] == sam_ops["Conv2D"] * 3 // 2
     assert sds_ops["Conv2DBackpropFilter"] == sam_ops["Conv2DBackpropFilter"]
+
+
+def test_data_selection_half_batch_has_a_static_shape():
+    # With a static batch (8 here), ceil(0.5 * 8) = 4 is a Python int: the
+    # selected half is a `tf.gather` of `top_k` indices with static shape
+    # [4, ...], so the descent pass is traced (and compiled) for 4 examples,
+    # not for an unknown batch size.
+    model = bk.SharpnessAwareModel(inner_model())
+    model.compile(
+        optimizer=OPTIMIZERS["sds"](keras.optimizers.SGD(0.1)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(0)
+    data = (
+        tf.constant(rng.normal(size=(8, 8, 8, 3)).astype("float32")),
+        tf.constant(rng.integers(0, 3, size=(8,))),
+    )
+    model.train_on_batch(*data)
+    graph = tf.function(model.train_step).get_concrete_function(data).graph
+    top_k = [op for op in graph.get_operations() if op.type == "TopKV2"]
+    assert len(top_k) == 1
+    assert top_k[0].outputs[1].shape.as_list() == [4]
+    images = [
+        op.outputs[0].shape.as_list()
+        for op in graph.get_operations()
+        if op.type == "GatherV2" and op.outputs[0].shape.rank == 4
+    ]
+    assert images == [[4, 8, 8, 3]]

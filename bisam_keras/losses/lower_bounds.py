@@ -47,139 +47,171 @@ def phi_neglog(x):
 
 
 # Largest `gamma - F` kept in `exp(gamma - F)` on the half-integer path: a term
-# clipped there weighs below e^-39 of the largest one (mu >= 1/2), which float32
-# cannot see, and the exponential stays finite. The any-`mu` path clips nothing.
+# clipped there weighs below e^-39 of the true-class term (mu >= 1/2), which
+# float32 cannot see, and the exponential stays finite. The any-`mu` path clips
+# nothing.
 _MAX_EXPONENT = 80.0
 
-# `mu` values whose power `r**mu` is computed with square roots and products:
-# the half-integers 1/2 ... 4, which include the paper's grid for the -log bound.
+# `mu` values whose power `(1 + t)**-mu` is computed with one reciprocal square
+# root and products: the half-integers 1/2 ... 4, which include the paper's grid
+# for the -log bound.
 _HALF_INTEGER_MU = tuple(n / 2 for n in range(1, 9))
 
+# Largest tanh `mu` computed without a max shift: `exp(mu * u)` with |u| <= 1
+# then lies in [e^-40, e^40], and the true-class term is exp(0) = 1.
+_TANH_UNSHIFTED_MAX_MU = 40.0
 
-def _margins(scores, one_hot):
-    """`F_ij = s_ij - s_iy`: the margin of every class over the true one."""
-    return scores - tf.reduce_sum(scores * one_hot, axis=-1, keepdims=True)
+
+def _true_class_scores(scores, one_hot, bad):
+    """`s_iy`, or NaN in every row where `bad` (an invalid input) holds.
+
+    One pass over the scores: the validity check rides on the reduction that
+    picks the true class's score, so a bad row's margins, `Q_i` and gradient
+    are all NaN.
+    """
+    poison = tf.where(bad, tf.constant(float("nan")), tf.zeros_like(scores))
+    return tf.reduce_sum(tf.where(one_hot > 0.0, scores, poison), axis=-1, keepdims=True)
 
 
-def _half_integer_power(r, twice_mu):
-    """`r ** (twice_mu / 2)` with one square root and products (exact for r=1)."""
-    whole, half = divmod(twice_mu, 2)
-    out = tf.sqrt(r) if half else None
-    for _ in range(whole):
-        out = r if out is None else out * r
+def _nan_where_invalid(q, s_y):
+    """`q`, NaN in the rows whose `s_y` is (a bad row's, see above)."""
+    return tf.where(tf.math.is_finite(s_y[:, 0]), q, tf.constant(float("nan")))
+
+
+def _row_sums(*columns):
+    """`[sum_j c_ij for c in columns]` in one pass (one reduction of a stack)."""
+    return [tf.reduce_sum(c, axis=-1) for c in columns]
+
+
+def _power(a, n):
+    """`a ** n` for a Python int `n >= 1`, by repeated squaring."""
+    out, square = None, a
+    while n:
+        if n & 1:
+            out = square if out is None else out * square
+        n >>= 1
+        if n:
+            square = square * square
     return out
 
 
-def _chain_to_scores(grad_margins, one_hot):
-    """dQ/ds from dQ/dF, since `F_ij = s_ij - s_iy`."""
-    return grad_margins - one_hot * tf.reduce_sum(grad_margins, axis=-1, keepdims=True)
-
-
-def _neglog_q(scores, one_hot, mu, twice_mu):
+def _neglog_q(scores, one_hot, bad, mu, twice_mu):
     """`Q_i` for the -log bound, and its gradient, in closed form.
 
-    With `t_j = exp(gamma - F_j)`, `phi(F_j) = 1 - log(1 + t_j)` and so
-    `exp(mu * phi(F_j)) = e^mu * (1 + t_j)^-mu`. Scaling every term by the
-    largest one (the smallest `t`, `t_min`) gives ratios `r_j in (0, 1]`:
+    With `t_j = exp(gamma - F_j)`, `phi(F_j) = 1 - log(1 + t_j)`, so
+    `exp(mu * phi(F_j)) = e^mu * (1 + t_j)^-mu`, and with `a_j = (1 + t_j)^-1/2`:
 
     ```
-    r_j = (1 + t_min) / (1 + t_j)
-    Q_i = phi(F_max) + (1/mu) * log(mean_j r_j^mu)
-    dQ_i/dF_j = p_j * phi'(F_j),  p = r^mu / sum(r^mu),  phi'(F_j) = t_j / (1 + t_j)
+    Q_i       = 1 + (1/mu) * log(mean_j a_j^(2 mu))
+    dQ_i/dF_j = t_j * a_j^(2 mu + 2) / sum_j a_j^(2 mu)     (= p_j * phi'(F_j))
     ```
 
-    One exponential per logit (plus a square root for half-integer `mu`)
-    where the textbook form needs three transcendentals forward and two more
-    backward; the gradient reuses the forward values. `twice_mu` is `2 * mu`
-    when it is an integer in 1..8 (the power is then a square root and
-    products), else 0: `r^mu - 1 = expm1(mu * log r)`, and `log1p` of the
-    mean keeps `Q` exact for small `mu`.
+    No shift is needed: every term `a^(2 mu)` is at most 1, and the true
+    class's (`F_y = 0`, `t_y = e - 1`) is `e^-mu`, so the sum neither
+    overflows nor underflows. Per logit: one exponential and one reciprocal
+    square root; the two row sums (of the terms and of the gradient, which
+    the chain rule to `s_y` needs) share one pass. `twice_mu` is `2 * mu` when
+    it is an integer in 1..8, else 0: `mu` is then handled in the log domain
+    (`_neglog_q_any_mu`).
     """
 
     if not twice_mu:
-        return _neglog_q_any_mu(scores, one_hot, mu)
+        return _neglog_q_any_mu(scores, one_hot, bad, mu)
 
     @tf.custom_gradient
     def q_of(s):
-        # Clipping `gamma - F` at 80 changes only terms below e^-40 (mu >= 1/2)
-        # of the largest one: they vanish in float32 either way.
-        t = tf.exp(tf.minimum(NEGLOG_GAMMA - _margins(s, one_hot), _MAX_EXPONENT))
-        t_min = tf.reduce_min(t, axis=-1, keepdims=True)
-        r = (1.0 + t_min) / (1.0 + t)
-        terms = _half_integer_power(r, twice_mu)
-        total = tf.reduce_sum(terms, axis=-1)
+        s_y = _true_class_scores(s, one_hot, bad)
+        # sigmoid(F - gamma) = 1 / (1 + t) = (1 - tanh((gamma - F) / 2)) / 2. The
+        # clip keeps a NaN-free path for huge margins; tanh is +-1 there anyway.
+        z = tf.minimum(NEGLOG_GAMMA - (s - s_y), _MAX_EXPONENT)
+        a2 = 0.5 - 0.5 * tf.tanh(0.5 * z)
+        terms = _power(a2, twice_mu // 2) if twice_mu > 1 else None
+        if twice_mu % 2:
+            terms = tf.sqrt(a2) if terms is None else terms * tf.sqrt(a2)
+        slopes = terms * (1.0 - a2)  # (1 + t)^-mu * phi'(F), phi'(F) = t / (1 + t)
+        total, slope_sum = _row_sums(terms, slopes)
         num_classes = tf.cast(tf.shape(s)[-1], tf.float32)
-        q = 1.0 - tf.math.log1p(t_min[:, 0]) + tf.math.log(total / num_classes) / mu
+        q = 1.0 + tf.math.log(total / num_classes) / mu
 
         def grad(upstream):
-            # phi'(F_j) = t_j / (1 + t_j) = t_j * r_j / (1 + t_min): no new division.
-            scale = upstream / (total * (1.0 + t_min[:, 0]))
-            return _chain_to_scores(scale[:, None] * terms * (t * r), one_hot)
+            scale = (upstream / total)[:, None]
+            return scale * (slopes - one_hot * slope_sum[:, None])
 
-        return q, grad
+        return _nan_where_invalid(q, s_y), grad
 
     return q_of(scores)
 
 
-def _neglog_q_any_mu(scores, one_hot, mu):
+def _neglog_q_any_mu(scores, one_hot, bad, mu):
     """`_neglog_q` for any `mu`, in the log domain: `log r_j = sp_min - sp_j`.
 
     `sp_j = softplus(gamma - F_j) = log(1 + t_j)` is exact for any margin, so
     no term is clipped (for small `mu`, `r^mu` decays slowly). `expm1` and
-    `log1p` keep `Q` exact where `1/mu` would magnify rounding.
+    `log1p` keep `Q` exact where `1/mu` would magnify rounding; the shift by
+    `sp_min` keeps any large `mu` from underflowing.
     """
 
     @tf.custom_gradient
     def q_of(s):
-        sp = tf.math.softplus(NEGLOG_GAMMA - _margins(s, one_hot))
+        s_y = _true_class_scores(s, one_hot, bad)
+        sp = tf.math.softplus(NEGLOG_GAMMA - (s - s_y))
         sp_min = tf.reduce_min(sp, axis=-1, keepdims=True)
         terms_minus_one = tf.math.expm1(mu * (sp_min - sp))
         terms = terms_minus_one + 1.0
-        total = tf.reduce_sum(terms, axis=-1)
-        q = 1.0 - sp_min[:, 0] + tf.math.log1p(tf.reduce_mean(terms_minus_one, axis=-1)) / mu
+        slopes = terms * -tf.math.expm1(-sp)  # phi'(F) = t / (1 + t)
+        total, sum_minus_one, slope_sum = _row_sums(terms, terms_minus_one, slopes)
+        num_classes = tf.cast(tf.shape(s)[-1], tf.float32)
+        q = 1.0 - sp_min[:, 0] + tf.math.log1p(sum_minus_one / num_classes) / mu
 
         def grad(upstream):
-            dphi = -tf.math.expm1(-sp)  # t / (1 + t)
-            return _chain_to_scores((upstream / total)[:, None] * terms * dphi, one_hot)
+            scale = (upstream / total)[:, None]
+            return scale * (slopes - one_hot * slope_sum[:, None])
 
-        return q, grad
+        return _nan_where_invalid(q, s_y), grad
 
     return q_of(scores)
 
 
-def _tanh_q(scores, one_hot, mu, alpha, precise):
+def _tanh_q(scores, one_hot, bad, mu, alpha, kernel):
     """`Q_i` for the tanh bound, and its gradient, in closed form.
 
     ```
-    u_j = tanh(alpha * F_j),   e_j = exp(mu * (u_j - max_j u_j))
-    Q_i = max_j u_j + (1/mu) * log(mean_j e_j)
+    u_j = tanh(alpha * F_j),   e_j = exp(mu * (u_j - c))
+    Q_i = c + (1/mu) * log(mean_j e_j)
     dQ_i/dF_j = (e_j / sum(e)) * alpha * (1 - u_j^2)
     ```
 
-    With `precise` (for `mu < 1`), `e_j - 1 = expm1(...)` and `log1p` of the
-    mean keep `Q` exact where `1/mu` would magnify rounding.
+    `kernel` (static) picks the shift `c` and the form: 0 for `mu < 1`
+    (`c = 0`; `e_j - 1 = expm1(...)` and `log1p` of the mean keep `Q` exact
+    where `1/mu` would magnify rounding), 1 for `1 <= mu <= 40` (`c = 0`:
+    `e_j` lies in [e^-40, e^40] and the true class's is 1, so no max pass is
+    needed), 2 for `mu > 40` (`c = max_j u_j`).
     """
 
     @tf.custom_gradient
     def q_of(s):
-        u = tf.tanh(alpha * _margins(s, one_hot))
-        u_max = tf.reduce_max(u, axis=-1, keepdims=True)
-        if precise:
-            terms_minus_one = tf.math.expm1(mu * (u - u_max))
+        s_y = _true_class_scores(s, one_hot, bad)
+        u = tf.tanh(alpha * (s - s_y))
+        slope = alpha * (1.0 - u * u)
+        num_classes = tf.cast(tf.shape(s)[-1], tf.float32)
+        if kernel == 0:
+            terms_minus_one = tf.math.expm1(mu * u)
             terms = terms_minus_one + 1.0
-            total = tf.reduce_sum(terms, axis=-1)
-            mean_log = tf.math.log1p(tf.reduce_mean(terms_minus_one, axis=-1))
+            total, sum_minus_one, slope_sum = _row_sums(terms, terms_minus_one, terms * slope)
+            q = tf.math.log1p(sum_minus_one / num_classes) / mu
         else:
-            terms = tf.exp(mu * (u - u_max))
-            total = tf.reduce_sum(terms, axis=-1)
-            mean_log = tf.math.log(total / tf.cast(tf.shape(s)[-1], tf.float32))
-        q = u_max[:, 0] + mean_log / mu
+            shift = tf.reduce_max(u, axis=-1, keepdims=True) if kernel == 2 else 0.0
+            terms = tf.exp(mu * (u - shift))
+            total, slope_sum = _row_sums(terms, terms * slope)
+            q = tf.math.log(total / num_classes) / mu
+            if kernel == 2:
+                q += shift[:, 0]
 
         def grad(upstream):
-            scale = upstream / total
-            return _chain_to_scores(scale[:, None] * terms * (alpha * (1.0 - u * u)), one_hot)
+            scale = (upstream / total)[:, None]
+            return scale * (terms * slope - one_hot * slope_sum[:, None])
 
-        return q, grad
+        return _nan_where_invalid(q, s_y), grad
 
     return q_of(scores)
 
@@ -191,33 +223,33 @@ def _lower_bound_xla(y_pred, labels, mu, alpha, bound, from_logits, fast_path):
     `bound`, `from_logits` and `fast_path` are Python values (one trace each);
     `mu` and `alpha` are float32 scalars, so one kernel serves every value of
     them that shares a `fast_path` (`2 * mu` for a half-integer -log `mu`, else
-    0; for tanh, whether `mu >= 1`). Rows with a non-finite score, a
-    probability outside [0, 1] or a label outside [0, K) give NaN: under XLA
-    the eager checks are compiled away, and bad input must never turn into a
+    0; for tanh, see `_tanh_q`). Rows with a non-finite score, a probability
+    outside [0, 1] or a label outside [0, K) give NaN: under XLA the eager
+    checks are compiled away, and bad input must never turn into a
     plausible-looking number.
     """
     y_pred = tf.cast(y_pred, tf.float32)
     num_classes = tf.shape(y_pred)[-1]
     if from_logits:
         scores = y_pred
-        valid = tf.reduce_all(tf.math.is_finite(y_pred), axis=-1)
+        bad = ~tf.math.is_finite(y_pred)
     else:
-        valid = tf.reduce_all((y_pred >= 0.0) & (y_pred <= 1.0), axis=-1)
+        bad = ~((y_pred >= 0.0) & (y_pred <= 1.0))
         scores = tf.math.log(tf.clip_by_value(y_pred, keras.config.epsilon(), 1.0))
-    valid &= (labels >= 0) & (labels < num_classes)
+    bad_label = (labels < 0) | (labels >= num_classes)
+    # A bad label poisons its whole row (an out-of-range one_hot row is zero).
+    bad |= bad_label[:, None]
     one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
     if bound == "neglog":
-        q = _neglog_q(scores, one_hot, mu, fast_path)
-    else:
-        q = _tanh_q(scores, one_hot, mu, alpha, precise=not fast_path)
-    return tf.where(valid, q, tf.constant(float("nan")))
+        return _neglog_q(scores, one_hot, bad, mu, fast_path)
+    return _tanh_q(scores, one_hot, bad, mu, alpha, fast_path)
 
 
 def _fast_path(bound, mu):
     """The static kernel choice for `mu` (see `_lower_bound_xla`)."""
     if bound == "neglog":
         return int(2 * mu) if mu in _HALF_INTEGER_MU else 0
-    return int(mu >= 1.0)
+    return 0 if mu < 1.0 else 1 if mu <= _TANH_UNSHIFTED_MAX_MU else 2
 
 
 def _labels(y_true, y_pred, from_logits):
