@@ -250,8 +250,8 @@ def test_offline_folder_round_trip(tmp_path):
     assert (splits.num_train, splits.num_validation, splits.num_test) == (45, 5, 10)
     assert splits.input_shape == (12, 12, 3)
     test_images, test_labels = _unbatch(splits.test)
+    # Undoing a float32 normalization: 4 roundings of values <= 255: 4 u * 255 = 6e-5.
     np.testing.assert_allclose(
-        # Undoing a float32 normalization: 4 roundings of values <= 255: 4 u * 255 = 6e-5.
         test_images * splits.std + np.array(splits.mean), x_test[:10], atol=1e-3
     )
     np.testing.assert_array_equal(test_labels, y_test[:10])
