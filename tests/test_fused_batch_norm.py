@@ -162,7 +162,7 @@ def test_outputs_gradients_and_moving_statistics_match_numpy(training):
     assert_within(y.numpy(), np_batch_norm(x64, mean, var), bound_y, "output")
     # The hand-derived gradient against central differences, both float64, h = 1e-6:
     # truncation h^2 |f'''| / 6 < 1e-9 and roundoff ~ 2^-53 * sum|y sin y| (~300) / h
-    # ~ 3e-8, so atol 1e-7: a check of the reference, far below the float32 bound (> 1e-5).
+    # ~ 3e-8, so atol 1e-7: a check of the reference, below the float32 bound used next.
     np.testing.assert_allclose(np_grad(x, training), np_numeric_grad(x, training), atol=1e-7)
     assert_within(grad.numpy(), np_grad(x, training), bound_dx, "input gradient")
     # Moving statistics m' = 0.9 m + 0.1 v: 0.1 times the error of the batch statistic, plus
