@@ -109,6 +109,11 @@ def test_resume_continues_to_the_same_result(tmp_path):
     )
     history_b = json.load(open(os.path.join(interrupted.run_dir(), "history.json")))
     assert len(history_b["loss"]) == 4
+    # A resumed run repeats the same float32 operations, in the same order, as the straight
+    # run on this machine (same kernels, restored weights and optimizer state), so they agree
+    # to rounding: accuracies (counts / N) exactly (a flipped prediction would be >= 1/N), the
+    # loss to rtol 1e-4 (the epoch mean of a running float32 sum over <= 1e3 batches:
+    # gamma(1e3) = 6e-5 of its terms, all >= 0, should the order of the metric's sum differ).
     np.testing.assert_allclose(history_b["loss"], history_a["loss"], rtol=1e-4)
     np.testing.assert_allclose(history_b["val_accuracy"], history_a["val_accuracy"], atol=1e-6)
     assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"], abs=1e-6)
@@ -280,6 +285,7 @@ def test_steps_trains_exactly_that_many_steps_with_the_schedule_over_them(tmp_pa
     # the rate of step t (0-based) is 0.01 * t / 2 for t < 2, else
     # 0.01 * (1 - (t - 2) / 5).
     expected = [0.0, 0.005, 0.01, 0.008, 0.006, 0.004, 0.002]
+    # The schedule's float32 arithmetic: 3-4 roundings of values <= 0.01 (4 u = 2.4e-7 rel.).
     np.testing.assert_allclose(recorder.learning_rates, expected, rtol=1e-6, atol=1e-9)
     history = json.load(open(os.path.join(config.run_dir(), "history.json")))
     assert len(history["val_accuracy"]) == len(history["test_accuracy"]) == 2
@@ -310,6 +316,11 @@ def test_steps_run_resumes_to_the_same_result(tmp_path):
                                     "history.json")))  # fmt: skip
     b = json.load(open(os.path.join(interrupted.run_dir(), "history.json")))
     assert len(b["loss"]) == len(a["loss"]) == 3
+    # A resumed run repeats the same float32 operations, in the same order, as the straight
+    # run on this machine (same kernels, restored weights and optimizer state), so they agree
+    # to rounding: accuracies (counts / N) exactly (a flipped prediction would be >= 1/N), the
+    # loss to rtol 1e-4 (the epoch mean of a running float32 sum over <= 1e3 batches:
+    # gamma(1e3) = 6e-5 of its terms, all >= 0, should the order of the metric's sum differ).
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4)
     np.testing.assert_allclose(b["val_accuracy"], a["val_accuracy"], atol=1e-6)
     assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"], abs=1e-6)

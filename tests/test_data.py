@@ -78,6 +78,8 @@ def test_channel_stats_matches_numpy_for_arrays_and_datasets():
         data.channel_stats(x),
         data.channel_stats(tf.data.Dataset.from_tensor_slices((x, np.zeros(50)))),
     ):
+        # channel_stats accumulates in float64 (gamma_64(n) ~ 1e-11 for these n): rtol 1e-9;
+        # the std of a float32 dataset is taken in float32 once: 1e-6 (a few roundings + sqrt).
         np.testing.assert_allclose(stats[0], expected_mean, rtol=1e-9)
         np.testing.assert_allclose(stats[1], expected_std, rtol=1e-6)
 
@@ -91,12 +93,17 @@ def test_every_split_is_normalized_with_the_train_part_statistics():
     train_index, _ = data.train_validation_split(200, 0.1, seed=3)
     pixels = x[train_index].reshape(-1, 3).astype(np.float64)
     mean, std = pixels.mean(0), pixels.std(0)
+    # Statistics accumulated in float64 (see above): rtol 1e-9.
     np.testing.assert_allclose(splits.mean, mean, rtol=1e-9)
     np.testing.assert_allclose(splits.std, std, rtol=1e-9)
     train_images, _ = _unbatch(splits.train)
+    # float32 images, (x - mean) / std with 2 roundings (|x_hat| <= ~4), then NumPy's pairwise
+    # float32 mean: gamma(16 + log2 n) of mean|x_hat| (< 1e-5); std likewise: atol 1e-4.
     np.testing.assert_allclose(train_images.reshape(-1, 3).mean(0), 0.0, atol=1e-4)
     np.testing.assert_allclose(train_images.reshape(-1, 3).std(0), 1.0, atol=1e-4)
     test_images, test_labels = _unbatch(splits.test)
+    # Two float32 roundings of |x - mean| / std <= ~1e2 (uint8 pixels): 2 u * 1e2 = 1.2e-5
+    # at most, which rtol 1e-5 of |x_hat| ~ 1e2 covers; atol 1e-5 where x ~ mean.
     np.testing.assert_allclose(test_images, (x_test - mean) / std, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(test_labels, y_test)
 
@@ -124,6 +131,8 @@ def test_corrupt_labels_exact_fraction_different_labels_uniform_and_seeded():
     shift = (noisy[corrupted] - labels[corrupted]) % 10
     counts = np.bincount(shift, minlength=10)
     assert counts[0] == 0
+    # Multinomial counts, n = 8000, p = 1/9: sd = sqrt(n p (1 - p)) = 28 = 3.2% of 889;
+    # 0.12 is 3.8 sd (a fixed seed: not a float tolerance).
     np.testing.assert_allclose(counts[1:], 8_000 / 9, rtol=0.12)
     np.testing.assert_array_equal(data.corrupt_labels(labels, 0.4, 10, seed=7)[0], noisy)
     assert not np.array_equal(data.corrupt_labels(labels, 0.4, 10, seed=8)[0], noisy)
@@ -241,6 +250,7 @@ def test_offline_folder_round_trip(tmp_path):
     assert (splits.num_train, splits.num_validation, splits.num_test) == (45, 5, 10)
     assert splits.input_shape == (12, 12, 3)
     test_images, test_labels = _unbatch(splits.test)
+    # Undoing a float32 normalization: 4 roundings of values <= 255: 4 u * 255 = 6e-5.
     np.testing.assert_allclose(
         test_images * splits.std + np.array(splits.mean), x_test[:10], atol=1e-3
     )
@@ -267,7 +277,8 @@ def test_digits_is_the_offline_default():
     assert splits.input_shape == (8, 8, 1) and splits.num_classes == 10
     assert splits.num_train + splits.num_validation + splits.num_test == 1797
     images, _ = _unbatch(splits.train)
-    assert abs(images.mean()) < 1e-4 and abs(images.std() - 1) < 1e-4  # not augmented
+    # Float32 normalization and NumPy's pairwise mean, as above: < 1e-5 off; not augmented.
+    assert abs(images.mean()) < 1e-4 and abs(images.std() - 1) < 1e-4
 
 
 @pytest.mark.parametrize("name, kwargs, shape", [

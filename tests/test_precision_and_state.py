@@ -178,7 +178,19 @@ def weights_of(model):
 
 
 def assert_step_close(got, before, expected, rtol, atol_frac=None):
-    """Compares updates `got - before` with `expected - before`, variable by variable."""
+    """Compares updates `got - before` with `expected - before`, variable by variable.
+
+    Tolerances used with it, from `tolerances` (one step of a D-H-K = 5-6-4 MLP, batch 8):
+    - float32 (rtol 1e-4, atol_frac 1e-5): each gradient entry sums B = 8 per-example terms
+      of dot products of length <= H + 1 = 7, through exp/log/tanh (and the ascent step,
+      whose perturbation moves the descent gradient by no more than its own error): relative
+      to the summed magnitudes <= 2 (gamma(8) + 2 gamma(7) + 3 U_FUNC) ~ 6e-6. Entries whose
+      terms cancel get atol_frac * max|update| (sum of |terms| <= ~B max|g|, < 1e-5 of it);
+      the stored weights add u |w| <= 1e-7, below both.
+    - float16 / mixed (rtol = atol_frac = 2e-2, 3e-2 for bfloat16): the same with u = 2^-11
+      (2^-8): gamma_16(8) + 2 gamma_16(7) ~ 1.1e-2 (bfloat16: the loss-scaled float32
+      gradient of bfloat16 activations, one bfloat16 rounding per layer, ~3 * 2^-8 = 1.2e-2).
+    """
     for index, (g, b0, e) in enumerate(zip(got, before, expected)):
         g_delta = np.asarray(g, np.float64) - np.asarray(b0, np.float64)
         e_delta = np.asarray(e, np.float64) - np.asarray(b0, np.float64)
@@ -212,6 +224,12 @@ def bn_model(seed=3, units=H):
 
 def np_bn_expected(inner, x, momentum=0.9, chunk=None):
     """Expected moving statistics after one step, from the pass at the original w.
+
+    Tolerance (rtol 1e-5, atol 1e-6 where used): z = x W + b is a dot product of length
+    D + 1 = 6, the batch mean and two-pass variance sums of <= 8 terms, so the statistic is
+    off by <= (gamma(8) + gamma(6)) ~ 8e-7 of mean|z| (2 mean z^2 for the variance, 4 gamma);
+    0.1 of that enters the moving value, which is ~0.9 of the old one, |old| >= 0.5 for the
+    variance and ~1 for the mean: < 1e-6 absolute; the rtol covers |moving| up to ~5.
 
     Keras' BatchNormalization (non-renorm, unmasked) does
     `moving = moving * momentum + stat * (1 - momentum)` with `stat` from
@@ -508,6 +526,8 @@ def test_xla_step_matches_eager_graph_and_reference(kind, bound):
     w_jit, logs_jit = run(True)
     w_ref, logs_ref = run(False)
     for a, b in zip(w_jit, w_ref):
+        # Two float32 orders (`assert_step_close`): 2 * 6e-6 of the update's summed terms
+        # (lr * max|g| ~ 0.5), below atol 1e-6 + rtol 1e-5 of the weights (|w| ~ 0.5).
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logs_jit["perturbed_loss"], logs_ref["perturbed_loss"], rtol=1e-5)
     expected, _, perturbed = np_step(params, x, y, rho, lr, kind, bound or "neglog")

@@ -42,6 +42,8 @@ def test_best_epoch_ignores_nan_and_rejects_missing_monitor():
 def test_mean_std_matches_numpy_sample_std():
     values = [0.9428, 0.9401, 0.9466, 0.9390]
     mean, std = protocol.mean_std(values)
+    # float64 sums of 4 values < 1: gamma_64(4) * 4 < 2e-15 in the worst case, and both
+    # compute the same two-pass formula in the same order: 1e-15.
     assert mean == pytest.approx(np.mean(values), abs=1e-15)
     assert std == pytest.approx(np.std(values, ddof=1), abs=1e-15)
     assert protocol.mean_std([0.5]) == (0.5, 0.0)
@@ -68,6 +70,7 @@ def test_aggregate_groups_by_configuration_in_paper_order():
     rows = protocol.aggregate(results)
     assert [r["method"] for r in rows] == ["sgd", "sam", "bisam-neglog"]
     sam = rows[1]
+    # float64 mean and std of two values: a few ulps (pytest.approx: rel 1e-6).
     assert sam["mean"] == pytest.approx(0.93)
     assert sam["std"] == pytest.approx(np.std([0.94, 0.92], ddof=1))
     assert sam["seeds"] == [0, 1]
