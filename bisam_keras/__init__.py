@@ -14,6 +14,7 @@ model.fit(train_ds, epochs=200)
 ```
 """
 
+import bisam_keras._tf_setup as _tf_setup  # noqa: F401  first: fast TensorFlow CPU defaults
 from bisam_keras import data, experiments, losses, models
 from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer
 from bisam_keras.training import SharpnessAwareMixin, SharpnessAwareModel
