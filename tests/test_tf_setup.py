@@ -9,6 +9,7 @@ starting TensorFlow with the variable at 0 and removing it before `import bisam_
 """
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,10 @@ def probe(imports, **variables):
     return dict(line.split(" ", 1) for line in output if line)
 
 
+@pytest.mark.skipif(
+    platform.machine().lower() not in _tf_setup.X86_64_MACHINES,
+    reason="oneDNN is chosen on x86-64 only",
+)
 def test_import_before_tensorflow_turns_onednn_on():
     result = probe("import bisam_keras; import tensorflow")
     assert result == {"variable": "1", "onednn": "True", "warnings": "0"}
