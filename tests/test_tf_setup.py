@@ -76,10 +76,13 @@ def probe(imports, **variables):
     return dict(line.split(" ", 1) for line in output if line)
 
 
-@pytest.mark.skipif(
+X86_64_ONLY = pytest.mark.skipif(
     platform.machine().lower() not in _tf_setup.X86_64_MACHINES,
-    reason="oneDNN is chosen on x86-64 only",
+    reason="bisam_keras chooses oneDNN on x86-64 only",
 )
+
+
+@X86_64_ONLY
 def test_import_before_tensorflow_turns_onednn_on():
     result = probe("import bisam_keras; import tensorflow")
     assert result == {"variable": "1", "onednn": "True", "warnings": "0"}
@@ -92,6 +95,7 @@ def test_user_setting_zero_wins_without_warning(imports):
     assert result == {"variable": "0", "onednn": "False", "warnings": "0"}
 
 
+@X86_64_ONLY
 def test_tensorflow_first_with_onednn_off_warns_once():
     # TensorFlow starts with oneDNN off, as on an AVX2 CPU by default; then the user's
     # setting disappears, so bisam_keras sees what an AVX2 user who set nothing sees.
