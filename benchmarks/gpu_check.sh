@@ -162,7 +162,8 @@ summary = {
     "failed": [name for name, part in parts.items() if not part["ok"]],
     "work_dir": work,
     "parts": parts,
-    "machine": next((p["result"]["machine"] for p in parts.values() if p["result"]), None),
+    "machine": next((p["result"]["machine"] for p in parts.values()
+                     if isinstance(p["result"], dict) and "machine" in p["result"]), None),
 }
 with open(os.path.join(work, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
