@@ -44,6 +44,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import machine  # noqa: E402, I001  first: `import bisam_keras` sets TensorFlow's CPU defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -424,6 +425,8 @@ def main(argv=None):
             "keras": keras.__version__,
         },
     }
+    result["machine"] = machine.record()
+    print(machine.describe(result["machine"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -31,6 +31,7 @@ WORK="${OUT:-$(mktemp -d)}/gpu_check"
 mkdir -p "$WORK"
 PYTHON="${PYTHON:-python}"
 export TF_CPP_MIN_LOG_LEVEL=2
+export BENCHMARKS_DIR="$HERE"  # the inline parts import machine.py from there
 
 # Sizes and per-part timeouts (seconds). The timeouts add up to 450 s on the GPU.
 if (( DRY_RUN )); then
@@ -66,8 +67,10 @@ run_part() {
 }
 
 run_part mixed_precision "$MP_LIMIT" "$PYTHON" - "$WORK/mixed_precision.json" "${MP_ARGS[@]}" <<'PY'
-import json, math, statistics, sys, time
+import json, math, os, statistics, sys, time
 
+sys.path.insert(0, os.environ["BENCHMARKS_DIR"])
+import machine  # first: `import bisam_keras` sets TensorFlow's CPU defaults
 import keras
 import numpy as np
 import tensorflow as tf
@@ -109,6 +112,7 @@ result = {
     "first_step_s": times[0],
     "step_ms": 1000 * statistics.median(times[1:]),
 }
+result["machine"] = machine.record()
 result["ok"] = (
     result["jit_compile"]
     and result["loss_scale_optimizer"]
@@ -158,6 +162,8 @@ summary = {
     "failed": [name for name, part in parts.items() if not part["ok"]],
     "work_dir": work,
     "parts": parts,
+    "machine": next((p["result"]["machine"] for p in parts.values()
+                     if isinstance(p["result"], dict) and "machine" in p["result"]), None),
 }
 with open(os.path.join(work, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)

@@ -42,6 +42,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import machine  # noqa: E402, I001  first: `import bisam_keras` sets TensorFlow's CPU defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -270,6 +271,8 @@ def main(argv=None):
             f"{method:>16} {counts['fused_kernels']:3d} kernels, "
             f"{counts['row_reductions']} reductions, {counts['per_logit_ops']}"
         )
+    result["machine"] = machine.record()
+    print(machine.describe(result["machine"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -21,6 +21,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import machine  # noqa: E402, I001  first: `import bisam_keras` sets TensorFlow's CPU defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -106,12 +107,14 @@ def main(argv=None):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
+    record = machine.record()
+    print(machine.describe(record))
     for key, value in results.items():
         print(f"{key:>28}: {value}")
     print("PASS" if results["ratio"] >= 5 else "FAIL", "(pipeline >= 5x the step rate)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": vars(args), "results": results}, f, indent=2)
+            json.dump({"machine": record, "config": vars(args), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import glob
 import importlib.util
 import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -134,6 +133,9 @@ def main(argv=None):
     if importlib.util.find_spec("xprof") is None:
         print(INSTALL_HINT)
         return 0
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import machine  # first: `import bisam_keras` sets TensorFlow's CPU defaults
+
     has_torch = importlib.util.find_spec("torch") is not None
     if has_torch:
         from vs_pytorch import configure_threads
@@ -154,6 +156,8 @@ def main(argv=None):
         results["torch"] = profile_torch(args.model, args.method, x, y, args.warmup, args.steps)
     kinds = list(dict.fromkeys(k for r in results.values() for k in r["ms_per_step"]))
     header = "".join(f"{name + ' ms':>14}{'share':>8}" for name in results)
+    record = machine.record()
+    print(machine.describe(record))
     print(f"{args.model}, {args.method}, batch {args.batch_size}, {args.threads} threads")
     print(f"{'kind':>22}{header}")
     for kind in kinds:
@@ -166,12 +170,9 @@ def main(argv=None):
     print(f"{'busy total':>22}{busy}")
     if args.json:
         out = {
+            "machine": record,
             "results": results,
-            "config": {
-                **vars(args),
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                "load_average_end": os.getloadavg(),
-            },
+            "config": {**vars(args), "load_average_end": os.getloadavg()},
         }
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -23,12 +23,12 @@ the same devices in one process can draw colliding collective keys.
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import machine  # noqa: E402, I001  first: `import bisam_keras` sets TensorFlow's CPU defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -156,6 +156,7 @@ def main(argv=None):
         results[method] = rows
 
     result = {
+        "machine": machine.record(),
         "results": results,
         "note": CPU_NOTE if kind == "CPU" else "replicas are physical GPUs",
         "config": {
@@ -170,11 +171,11 @@ def main(argv=None):
             "steps_per_round": steps,
             "warmup": args.warmup,
             "jit_compile": args.jit_compile,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
     }
+    print(machine.describe(result["machine"]))
     print(f"{args.model}, batch {batch} per replica, {kind} replicas")
     if kind == "CPU":
         print(f"NOTE: {CPU_NOTE}.")

@@ -14,12 +14,12 @@ forward-backward passes are the floor).
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import machine  # noqa: E402, I001  first: `import bisam_keras` sets TensorFlow's CPU defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -97,6 +97,7 @@ def main(argv=None):
         "sam/sgd": step_ms["sam"] / step_ms["sgd"],
     }
     result = {
+        "machine": machine.record(),
         "step_ms": step_ms,
         "ratios": ratios,
         "images_per_s": {m: 1000 * args.batch_size / t for m, t in step_ms.items()},
@@ -106,11 +107,11 @@ def main(argv=None):
             "rounds": rounds,
             "steps_per_round": steps,
             "jit_compile": args.jit_compile,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
     }
+    print(machine.describe(result["machine"]))
     for method in METHODS:
         print(f"{method:>14}: {step_ms[method]:8.1f} ms/step")
     for name, value in ratios.items():

@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -141,6 +140,8 @@ def main(argv=None):
     steps = args.steps or (2 if args.quick else 10)
     args.warmup = args.warmup or (2 if args.quick else 3)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import machine  # first: `import bisam_keras` sets TensorFlow's CPU defaults
+
     configure_threads(args.threads)
 
     import keras
@@ -154,6 +155,7 @@ def main(argv=None):
     y_np = rng.integers(0, 10, size=(args.batch_size,))
     x, y = tf.constant(x_np), tf.constant(y_np)
     results = {}
+    print(machine.describe(machine.record()))
     for name in args.models:
         steps_by_pair, parameters = {}, {}
         for method in METHODS:
@@ -193,6 +195,7 @@ def main(argv=None):
             if "/torch" not in ratio:
                 print(f"  {ratio:>16}: {value:.3f}")
     result = {
+        "machine": machine.record(),
         "models": results,
         "lower_bound_abs_difference": bound_error,
         "config": {
@@ -204,7 +207,6 @@ def main(argv=None):
             "steps_per_round": steps,
             "jit_compile": args.jit_compile,
             "torch_channels_last": args.channels_last,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "load_average_1_5_15_min_at_end": os.getloadavg(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,

@@ -24,6 +24,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+import bisam_keras._tf_setup as _tf_setup  # noqa: F401  first: fast TensorFlow CPU defaults
+
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
     from bisam_keras import data, experiments, losses, models, optimizers
     from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,45 @@ def assert_positive_numbers(tree):
     return 1
 
 
+MACHINE_KEYS = {
+    "cpu_model",
+    "cores",
+    "vector_isa",
+    "avx2",
+    "avx512",
+    "amx",
+    "onednn_max_cpu_isa",
+    "effective_isa",
+    "emulated",
+    "onednn",
+    "tf_enable_onednn_opts",
+    "tf_intra_op_threads",
+    "tf_inter_op_threads",
+    "tensorflow",
+    "keras",
+}
+
+
+def check_machine(record, torch_used=False):
+    """The `"machine"` record every benchmark JSON carries (benchmarks/machine.py)."""
+    assert MACHINE_KEYS <= set(record), MACHINE_KEYS - set(record)
+    assert isinstance(record["cpu_model"], str) and record["cpu_model"]
+    assert isinstance(record["onednn"], bool) and record["cores"] >= 1
+    assert record["tf_intra_op_threads"] >= 0 and record["tf_inter_op_threads"] >= 0
+    if platform.machine() == "x86_64":
+        assert record["vector_isa"] in ("AVX", "AVX2", "AVX-512", "AMX")
+    # The scripts import bisam_keras before TensorFlow: oneDNN on unless the user chose.
+    setting = ENV.get("TF_ENABLE_ONEDNN_OPTS")
+    if setting is None and platform.machine() == "x86_64":
+        assert record["tf_enable_onednn_opts"] == "1" and record["onednn"] is True
+    elif setting == "0":
+        assert record["onednn"] is False
+    if torch_used:
+        assert {"torch", "torch_threads", "torch_cpu_capability"} <= set(record)
+
+
 def check_loss_overhead(result):
+    check_machine(result["machine"])
     methods = {"ce_keras", "ce_tf", "neglog", "tanh"}
     assert set(result["seconds"]) == methods
     for modes in result["seconds"].values():
@@ -53,6 +92,7 @@ def check_loss_overhead(result):
 
 
 def check_scaling(result, methods, devices):
+    check_machine(result["machine"])
     assert set(result["results"]) == set(methods)
     for rows in result["results"].values():
         assert set(rows) == {str(n) for n in devices}
@@ -114,12 +154,15 @@ def test_gpu_check_dry_run_prints_one_json_summary(tmp_path):
 
     epoch = parts["epoch_time"]["result"]
     assert {"sgd", "sam", "bisam_neglog"} <= set(epoch["epoch_s_estimate"])
+    check_machine(epoch["machine"])
     assert epoch["steps_per_epoch"] == math.ceil(50_000 / epoch["config"]["batch_size"])
     assert_positive_numbers(epoch["epoch_s_estimate"])
 
     check_scaling(parts["mirrored"]["result"], ["bisam_neglog"], [1, 2])
     check_loss_overhead(parts["loss_overhead"]["result"])
     assert (tmp_path / "gpu_check" / "summary.json").exists()
+    check_machine(mixed["machine"])
+    check_machine(summary["machine"])
 
 
 @pytest.mark.slow
@@ -129,12 +172,34 @@ def test_epoch_time_tiny_run_writes_every_method(tmp_path):
     args += ["--steps", "1", "--no-cpu-memory", "--json", path]
     run([sys.executable, BENCHMARKS / "epoch_time.py", *args], timeout=300)
     result = json.loads(path.read_text())
+    check_machine(result["machine"])
     row = result["models"]["resnet20"]
     assert row["parameters"] == 272_474
     assert set(row["step_ms"]) == set(result["config"]["methods"])
     assert {"sgd", "sam", "bisam_neglog", "bisam_tanh"} <= set(row["step_ms"])
     assert_positive_numbers(row["step_ms"])
     assert_positive_numbers(row["ratios"])
+
+
+@pytest.mark.slow
+def test_step_time_tiny_run_records_the_machine(tmp_path):
+    path = tmp_path / "step.json"
+    args = ["--batch-size", "8", "--rounds", "1", "--steps", "1", "--json", path]
+    process = run([sys.executable, BENCHMARKS / "step_time.py", *args], timeout=300)
+    result = json.loads(path.read_text())
+    check_machine(result["machine"])
+    assert "Machine: " in process.stdout and "oneDNN" in process.stdout
+    assert_positive_numbers(result["step_ms"])
+
+
+@pytest.mark.slow
+def test_pipeline_speed_tiny_run_records_the_machine(tmp_path):
+    path = tmp_path / "pipeline.json"
+    args = ["--quick", "--data-dir", str(tmp_path / "absent"), "--batch-size", "32"]
+    process = run([sys.executable, BENCHMARKS / "pipeline_speed.py", *args, "--json", path], 300)
+    result = json.loads(path.read_text())
+    check_machine(result["machine"])
+    assert result["results"]["source"] == "synthetic" and "Machine: " in process.stdout
 
 
 def _optional_extra_or_hint(module, command, timeout):
@@ -159,6 +224,8 @@ def test_vs_pytorch_tiny_run_or_install_hint(tmp_path):
         # and each mean adds gamma(64) mean|Q| ~ 4e-6 mean|Q|. With |Q_i| <~ 10 (-log bound, mu
         # 1.5): < 2 (2e-6 * 11 + 4e-6 * 10) ~ 1.2e-4 worst case. A wrong bound is off by > 1e-2.
         assert result["lower_bound_abs_difference"] < 1.2e-4
+        check_machine(result["machine"], torch_used=True)
+        assert result["machine"]["torch_threads"] == 1
         assert_positive_numbers(result["models"]["resnet20"]["ratios"])
 
 
@@ -169,7 +236,9 @@ def test_profile_step_tiny_run_or_install_hint(tmp_path):
     args += ["--steps", "1", "--json", path]
     script = [sys.executable, BENCHMARKS / "profile_step.py", *args]
     if _optional_extra_or_hint("xprof", script, 300):
-        keras_profile = json.loads(path.read_text())["results"]["keras"]
+        result = json.loads(path.read_text())
+        check_machine(result["machine"])
+        keras_profile = result["results"]["keras"]
         assert keras_profile["busy_ms_per_step"] > 0
         assert sum(keras_profile["share"].values()) == pytest.approx(1.0)
         # Every train step convolves forward and backward, and normalizes.
@@ -200,3 +269,49 @@ def test_profile_kinds(op, kind):
     finally:
         sys.path.remove(str(BENCHMARKS))
     assert profile_step.kind_of(op) == kind
+
+
+def _machine_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import machine
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return machine
+
+
+@pytest.mark.parametrize(
+    "flags,isa",
+    [
+        ({"sse4_1", "avx"}, "AVX"),
+        ({"sse4_1", "avx", "avx2", "fma"}, "AVX2"),  # AMD EPYC Rome/Milan, Intel Haswell
+        ({"avx", "avx2", "avx512f", "avx512_vnni"}, "AVX-512"),
+        ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, "AMX"),  # Intel Sapphire Rapids
+        (set(), None),
+    ],
+)
+def test_vector_isa(flags, isa):
+    assert _machine_module().vector_isa(flags) == isa
+
+
+@pytest.mark.parametrize(
+    "cap,cpu,effective",
+    [
+        ("AVX2", "AVX-512", "AVX2"),  # emulating an AVX2 CPU on an AVX-512 one
+        ("avx2_vnni", "AVX-512", "AVX2"),
+        ("AVX512_CORE_VNNI", "AVX2", "AVX2"),  # a cap above the CPU changes nothing
+        ("AVX512_CORE_AMX", "AMX", "AMX"),
+        ("ALL", "AVX-512", "AVX-512"),
+        (None, "AVX2", "AVX2"),
+    ],
+)
+def test_effective_isa_under_onednn_cap(cap, cpu, effective):
+    machine = _machine_module()
+    assert machine.effective_isa(cpu, machine.isa_cap(cap)) == effective
+
+
+def test_cpu_info_reads_the_first_cpu(tmp_path):
+    path = tmp_path / "cpuinfo"
+    block = "processor\t: {n}\nmodel name\t: Example CPU {n}\nflags\t\t: fpu avx avx2\n\n"
+    path.write_text(block.format(n=0) + block.format(n=1).replace("avx2", "avx512f"))
+    assert _machine_module().cpu_info(str(path)) == ("Example CPU 0", {"fpu", "avx", "avx2"})
