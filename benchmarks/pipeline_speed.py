@@ -29,7 +29,9 @@ import tensorflow as tf  # noqa: E402
 from bisam_keras import data  # noqa: E402
 from bisam_keras.models import cifar_resnet  # noqa: E402
 
-DEFAULT_DATA_DIR = "/work/shared/data/cifar10"
+DEFAULT_DATA_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "data", "cifar10"
+)
 
 
 def make_splits(data_dir, batch_size, subset):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from paths import CIFAR10_DIR  # noqa: E402
 
 from bisam_keras import data
 
-CIFAR_DIR = "/work/shared/data/cifar10"
+CIFAR_DIR = CIFAR10_DIR
 CIFAR_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip

@@ -1,7 +1,7 @@
 """Unusable data raises `bk.data.DataError`: one line naming the file and the record.
 
 Every case writes a real damaged copy of real CIFAR-10 records (from
-/work/shared/data/cifar10) into `tmp_path`: a truncated shard, flipped bytes,
+../shared/data/cifar10) into `tmp_path`: a truncated shard, flipped bytes,
 a record whose `image` is not an image or that lacks a feature, and labels
 outside `[0, 10)` in the train part, the validation part and the test split.
 The expected record index is found independently, by walking the TFRecord
@@ -14,11 +14,12 @@ import struct
 
 import pytest
 import tensorflow as tf
+from paths import CIFAR10_DIR  # noqa: E402
 
 from bisam_keras import data
 from bisam_keras.data.splitting import train_validation_split
 
-CIFAR_DIR = "/work/shared/data/cifar10"
+CIFAR_DIR = CIFAR10_DIR
 SHARD = os.path.join(CIFAR_DIR, "train-00000-of-00005.tfrecord")
 NUM_TRAIN, NUM_TEST = 40, 10
 

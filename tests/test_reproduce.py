@@ -20,12 +20,9 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import reproduce  # noqa: E402
+from paths import CIFAR10_DIR  # noqa: E402
 
-CIFAR10 = os.environ.get(
-    "BISAM_CIFAR10_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10")
-)
-if not os.path.isdir(CIFAR10):
-    CIFAR10 = "/work/shared/data/cifar10"
+CIFAR10 = CIFAR10_DIR
 needs_cifar = pytest.mark.skipif(
     not os.path.isdir(CIFAR10), reason=f"real CIFAR-10 not found at {CIFAR10}"
 )
