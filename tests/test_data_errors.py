@@ -256,3 +256,30 @@ def test_bad_subset_values_name_subset(subset):
     with pytest.raises(ValueError, match="`subset` must be None or an int >= 1") as info:
         data.load("digits", subset=subset)
     assert not isinstance(info.value, data.DataError)
+
+
+# ------------------------------------------------------- the command line's view
+
+
+@pytest.mark.parametrize("damage", ["truncated", "label"])
+def test_command_line_reports_a_damaged_shard_in_one_line(tmp_path, real_records, capsys, damage):
+    """`bisam-keras train` on a damaged real shard: one line naming the file, exit 1."""
+    from bisam_keras import cli
+
+    train, test = real_records
+    if damage == "label":
+        train = list(train)
+        train[3] = _example(image=_fields(train[3])[0], label=10)
+    (tmp_path / "data").mkdir()
+    folder, train_file, _ = _folder(tmp_path / "data", train, test)
+    if damage == "truncated":
+        os.truncate(train_file, os.path.getsize(train_file) - 100)
+    output = tmp_path / "runs"
+    argv = ["train", "--dataset", "cifar10", "--data-dir", folder, "--output", str(output)]
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--epochs", "1", "--verbose", "0"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("bisam-keras train: error: ") and train_file in err, err
+    assert not output.exists()  # nothing to --resume was left behind
