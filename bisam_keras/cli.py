@@ -10,16 +10,18 @@ bisam-keras report --output runs
 The arguments are parsed and the output folder is checked before TensorFlow
 is imported, so `--help`, `models` and mistakes answer at once. Exit status:
 0 done, 1 the data or a backup cannot be used, 2 bad flags, settings or
-output folder (nothing was run), 130 interrupted (Ctrl-C; `--resume`
-continues).
+output folder (nothing was run), 130 interrupted by Ctrl-C and 143 by SIGTERM
+(`--resume` continues).
 """
 
 import argparse
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 
 # The names the flags accept, without importing TensorFlow (tests/test_cli.py
 # checks them against `bisam_keras.data.names()`, `bisam_keras.models.names()`
@@ -405,6 +407,23 @@ def _one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
+_TERMINATED = []
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a batch scheduler's stop, `kill`) ends a run as Ctrl-C does."""
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _handle_sigterm():
+    """Installs `_terminate` for SIGTERM; returns the handler to restore (or `None`)."""
+    _TERMINATED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -413,6 +432,7 @@ def main(argv=None):
         print("\n".join(MODELS))
         return 0
     configs = []
+    previous_sigterm = _handle_sigterm()
     try:
         if args.command == "report":
             if not os.path.isdir(args.output):
@@ -452,12 +472,16 @@ def main(argv=None):
             )
         else:
             message = "interrupted before training began; rerun the same command to start"
-        parser.exit(130, f"{message}\n")
+        # 130 for Ctrl-C (SIGINT), 143 for SIGTERM: the shells' 128 + signal number.
+        parser.exit(128 + signal.SIGTERM if _TERMINATED else 130, f"{message}\n")
     except Exception as error:
         code = _exit_code(error)
         if code is None:
             raise
         parser.exit(code, f"{prog}: error: {_flag_message(_one_line(error))}\n")
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
 
 

@@ -1,5 +1,5 @@
 """Real signals sent to a real `bisam-keras train`: Ctrl-C ends with one line
-and exit 130; a SIGKILL at any moment leaves a run that `--resume` finishes."""
+and exit 130 (SIGTERM: 143); a SIGKILL at any moment leaves a run that `--resume` finishes."""
 
 import json
 import os
@@ -73,3 +73,16 @@ def test_ctrl_c_then_kill_then_resume(tmp_path):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["epochs_run"] == 3 and (run_dir / "best.keras").exists()
     assert not backup.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_like_ctrl_c_with_exit_143(tmp_path):
+    """A batch scheduler's SIGTERM: the same one line as Ctrl-C, exit 128 + 15."""
+    process = _start(tmp_path)
+    _wait_for(tmp_path / "digits" / "resnet20" / "sgd" / "seed0" / "backup" / "state.json", process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 143, (out, err)
+    assert re.fullmatch(
+        r"interrupted in epoch \d; rerun the same command with --resume to continue\n", err
+    ), err
