@@ -376,12 +376,16 @@ def noisy_fit_callback(config):
 
 
 # 200 CIFAR-10 images (180 train, 72 of them with a wrong label), batch 32:
-# 6 steps an epoch, 180 steps in all. Measured on the 2-core build machine
-# (seeds 0 and 1, machine shared): SGD's loss on the noisy labels falls to
-# about 1.5 (53% of them fitted) while SAM's stays near 1.8 (40%); the margin
-# was above 0.17 at each of the last 10 epochs for both seeds (rho = 0: bit-equal to SGD).
-# Two runs of 180 steps (SAM's with two passes each).
-SUBSET, EPOCHS, BATCH, LAST, MIN_MARGIN = 200, 30, 32, 10, 0.1
+# 6 steps an epoch, 180 steps in all, the full paper-cifar pipeline (the authors'
+# ResNet-20, Cutout, per-epoch cosine, decay at w). Measured on the 2-core AMD EPYC
+# (AVX-512, oneDNN on), seed 0, bit-identical in two runs: at this size neither method
+# fits much in 180 steps (noisy-label loss 2.07 for SGD, 2.16 for SAM; 22% / 19% of the
+# noisy labels fitted), but SAM's loss stays above SGD's by 0.084-0.087 at each of the
+# last 10 epochs. Were SAM's step plain SGD, the two would be equal (rho = 0 measured
+# bit-equal to SGD), so any positive threshold tells them apart; 0.03 leaves a factor
+# ~2.8 for float32 summation orders of other CPUs. (Before the authors' pipeline, the
+# Keras-native one gave margins of 0.17-0.20 on 2 seeds.) About 70 s a run here.
+SUBSET, EPOCHS, BATCH, LAST, MIN_MARGIN = 200, 30, 32, 10, 0.03
 
 
 @pytest.mark.slow
@@ -421,6 +425,7 @@ def test_sam_resists_noisy_labels_more_than_sgd(tmp_path):
 
     (sgd, sgd_acc), (sam, sam_acc) = run("sgd"), run("sam")
     print("noisy-label loss: sgd", sgd.round(3), "sam", sam.round(3))
+    print("noisy-label accuracy: sgd", sgd_acc.round(3), "sam", sam_acc.round(3))
     margins = sam[-LAST:] - sgd[-LAST:]
     assert np.all(margins > MIN_MARGIN), margins
     assert sgd_acc[-1] > sam_acc[-1]  # SGD fits more of the noisy labels
