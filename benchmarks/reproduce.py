@@ -98,7 +98,7 @@ DEFAULTS = dict(
     seeds=(0, 1, 2),
     noise=(0.4,),
     methods=METHODS,
-    output="runs/reproduce",
+    output="results/label-noise",
 )
 QUICK = dict(subset=1_000, epochs=2, seeds=(0,), methods=METHODS)
 
