@@ -20,8 +20,22 @@ def _start(output, *extra):
     argv = ["bisam-keras", "train", "--subset", "300", "--batch-size", "64", "--method", "sgd",
             "--epochs", "3", "--verbose", "2", "--output", str(output), *extra]  # fmt: skip
     return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint():
+    # A shell without job control starts background commands (`cmd &`, as a CI
+    # script may run pytest) with SIGINT ignored, and a program inherits that: Python
+    # then installs no KeyboardInterrupt handler. A user's terminal delivers Ctrl-C;
+    # so must the test, whatever started pytest.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(path, process, timeout=600, interval=0.005):
