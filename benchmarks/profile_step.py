@@ -10,6 +10,12 @@ can be compared kind by kind. Idle time of the thread pools is left out.
 
     pip install -e ".[bench]"      # xprof (TensorFlow's profile reader) and PyTorch
     python benchmarks/profile_step.py --model resnet56 --method bisam --json profile.json
+    python benchmarks/profile_step.py --model resnet20 --method e-bisam   # E-BiSAM against BiSAM
+
+`--method e-bisam` profiles E-BiSAM (`swp_probability = sds_fraction = 0.5`)
+against BiSAM, both in Keras (PyTorch has no E-BiSAM here), so that the table
+shows where E-BiSAM's step spends what it does not save; its extra ops (the
+top-k selection and the SWP mask's random numbers) are the kind "selection".
 
 Without xprof the script says how to install it and exits with code 0;
 without PyTorch it profiles TensorFlow alone.
@@ -37,6 +43,7 @@ KINDS = (
     ("conv backward", r"Conv2DBackprop|convolution_backward"),
     ("conv forward", r"Conv2D|mkldnn_convolution|aten::convolution$|conv2d"),
     ("batch norm", r"BatchNorm|batch_norm"),
+    ("selection", r"TopK|StatelessRandomUniform|RandomUniform|bernoulli"),
     ("loss", r"Softmax|softmax|nll_loss|cross_entropy|Softplus|aten::exp|aten::log|^Exp$|^Log$"),
     ("optimizer", r"Apply|AssignVariable|AssignAdd|Optimizer|aten::add_$|_foreach|aten::mul_$"),
     (
@@ -122,7 +129,7 @@ def profile_torch(model_name, method, x, y, warmup, steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet56", help="resnet20 ... resnet110")
-    parser.add_argument("--method", default="bisam", choices=("sgd", "sam", "bisam"))
+    parser.add_argument("--method", default="bisam", choices=("sgd", "sam", "bisam", "e-bisam"))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads, both")
     parser.add_argument("--warmup", type=int, default=3)
@@ -147,13 +154,21 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     x, y = build_inputs(args.batch_size)
-    results = {
-        "keras": profile_keras(
-            args.model, args.method, x, y, args.warmup, args.steps, args.jit_compile
-        )
-    }
-    if has_torch:
-        results["torch"] = profile_torch(args.model, args.method, x, y, args.warmup, args.steps)
+    if args.method == "e-bisam":
+        results = {
+            method: profile_keras(
+                args.model, method, x, y, args.warmup, args.steps, args.jit_compile
+            )
+            for method in ("e-bisam", "bisam")
+        }
+    else:
+        results = {
+            "keras": profile_keras(
+                args.model, args.method, x, y, args.warmup, args.steps, args.jit_compile
+            )
+        }
+        if has_torch:
+            results["torch"] = profile_torch(args.model, args.method, x, y, args.warmup, args.steps)
     kinds = list(dict.fromkeys(k for r in results.values() for k in r["ms_per_step"]))
     header = "".join(f"{name + ' ms':>14}{'share':>8}" for name in results)
     record = machine.record()

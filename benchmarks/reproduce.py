@@ -46,12 +46,12 @@ import inspect
 import json
 import math
 import os
-import platform
-import re
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)  # machine.py, when imported from elsewhere
 ROOT = os.path.dirname(HERE)
 
 # Paper, Table 9: ResNet-32 on CIFAR-10 with label noise, test accuracy (%),
@@ -111,6 +111,7 @@ EPOCH_SECONDS = {"sgd": 31.0, "sam": 61.0, "bisam-neglog": 61.0, "bisam-tanh": 6
 HONEST_BEGIN = "<!-- honest-reading:begin -->"
 HONEST_END = "<!-- honest-reading:end -->"
 PARITY_BEGIN = "<!-- parity:begin -->"
+MACHINES_FILE = "machines.jsonl"
 PARITY_END = "<!-- parity:end -->"
 HONEST_PLACEHOLDER = (
     "> **PLACEHOLDER: to be written by the person who ran the study.** Compare each "
@@ -274,6 +275,7 @@ def run_all(configs, callbacks=(), log=print):
             continue
         log(f"{name}: {'resuming' if state == 'partial' else 'starting'}")
         os.makedirs(config.run_dir(), exist_ok=True)
+        record_sitting(config.run_dir())
         result = runner.run(
             config,
             resume=True,
@@ -301,6 +303,61 @@ def read_epoch_seconds(run_dir):
     return seconds
 
 
+def record_sitting(run_dir):
+    """Appends this sitting's machine (`benchmarks/machine.py`) to `machines.jsonl`.
+
+    A run may be resumed on another machine: each sitting adds one line,
+    `{"utc": ..., "epochs_before": n, "machine": {...}}`, and the report says
+    which machine trained which run.
+    """
+    import machine
+
+    epochs_before = 0
+    history_path = os.path.join(run_dir, "history.csv")  # the runner commits it every epoch
+    if os.path.exists(history_path):
+        with open(history_path) as f:
+            epochs_before = sum(1 for _ in csv.DictReader(f))
+    line = {
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "epochs_before": epochs_before,
+        "machine": machine.record(),
+    }
+    with open(os.path.join(run_dir, MACHINES_FILE), "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def read_machines(run_dir):
+    """The sittings `record_sitting` wrote for one run (a list, maybe empty)."""
+    path = os.path.join(run_dir, MACHINES_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def machines_by_description(runs):
+    """`{one-line machine description: [run labels]}` over every run's sittings."""
+    import machine
+
+    from bisam_keras.experiments.methods import LABELS
+
+    found = {}
+    for r in runs:
+        method = LABELS.get(r["method"], r["method"])
+        label = f"{int(round(100 * r['noise']))}% {method} seed {r['seed']}"
+        sittings = r.get("machines") or []
+        if not sittings:
+            found.setdefault("not recorded", []).append(label)
+        for sitting in sittings:
+            text = machine.describe(sitting["machine"])
+            if sitting.get("note"):
+                text += f" ({sitting['note']})"
+            labels = found.setdefault(text, [])
+            if label not in labels:
+                labels.append(label)
+    return found
+
+
 def collect(output):
     """Every finished run below `output`: a list of dicts.
 
@@ -325,6 +382,7 @@ def collect(output):
                 "run_dir": root,
                 "epoch_seconds": [epoch_seconds[e] for e in sorted(epoch_seconds)],
                 "seconds": float(sum(epoch_seconds.values())),
+                "machines": read_machines(root),
                 **loaded,
             }
         )
@@ -404,43 +462,6 @@ def _num_classes(run):
 
 # --------------------------------------------------------------------------
 # Machine
-
-
-def machine_info():
-    """CPU model, ISA extensions, core count, oneDNN and library versions."""
-    info = {"platform": platform.platform(), "python": platform.python_version()}
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        names = re.findall(r"^model name\s*:\s*(.+)$", text, re.M)
-        if names:
-            model = names[0].strip()
-        found = re.findall(r"^flags\s*:\s*(.+)$", text, re.M)
-        if found:
-            flags = set(found[0].split())
-    except OSError:
-        pass
-    isa = [
-        f
-        for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "avx2", "fma")
-        if f in flags
-    ]
-    info.update(cpu=model, isa=" ".join(isa) or "unknown", cores=os.cpu_count())
-    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-    if onednn is None:
-        info["onednn"] = "on (TensorFlow's default on x86 Linux)"
-    else:
-        info["onednn"] = "off" if onednn.strip() in ("0", "false", "False") else "on"
-    try:
-        import keras
-        import tensorflow as tf
-
-        info.update(tensorflow=tf.__version__, keras=keras.__version__)
-        info["gpus"] = len(tf.config.list_physical_devices("GPU"))
-    except ImportError:
-        pass
-    return info
 
 
 # --------------------------------------------------------------------------
@@ -523,7 +544,7 @@ def report(output, docs_path, command=None, log=print):
     old = open(docs_path).read() if os.path.exists(docs_path) else ""
     stem = os.path.splitext(os.path.basename(docs_path))[0]
     command = command or _saved_command(output) or "(not recorded)"
-    info = machine_info()
+    machines = machines_by_description(runs)
     first = runs[0]["config"]
     noises = sorted({r["noise"] for r in runs})
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
@@ -598,9 +619,8 @@ def report(output, docs_path, command=None, log=print):
         + "; `mu` per bound as in the preset. Every other field is in each run's "
         "`config.json`.",
         "",
-        f"- Machine: {info['cpu']}, {info['cores']} cores, ISA {info['isa']}; oneDNN "
-        f"{info['onednn']}; TensorFlow {info.get('tensorflow')}, Keras {info.get('keras')}, "
-        f"Python {info['python']}, GPUs: {info.get('gpus', 0)}.",
+        "- Machines (each run's `machines.jsonl`, one line per sitting):",
+        *(f"  - {text}: {', '.join(labels)}" for text, labels in machines.items()),
         f"- Wall time: {sum(per_run_seconds) / 3600:.2f} h ({sum(per_run_seconds):.0f} s) "
         f"in total over {len(runs)} runs "
         "(the sum of every finished epoch's wall time, validation and test evaluation "
@@ -662,7 +682,7 @@ def report(output, docs_path, command=None, log=print):
     with open(docs_path, "w") as f:
         f.write("\n".join(lines))
     with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump({"rows": rows, "machine": info, "failed_checks": failures}, f, indent=2)
+        json.dump({"rows": rows, "machines": machines, "failed_checks": failures}, f, indent=2)
     log(f"wrote {docs_path}; {failures} failed sanity check(s)")
     return rows
 

@@ -58,6 +58,15 @@ def keras_step(method, model_name, x, y, jit_compile):
         "sgd": lambda: sgd,
         "sam": lambda: bk.SAM(sgd, rho=0.05),
         "bisam": lambda: bk.BiSAM(sgd, rho=0.05, lower_bound="neglog", mu=1.5),
+        # Keras only (profile_step.py compares it with BiSAM): the paper's beta = gamma = 0.5.
+        "e-bisam": lambda: bk.BiSAM(
+            sgd,
+            rho=0.05,
+            lower_bound="neglog",
+            mu=1.5,
+            swp_probability=0.5,
+            sds_fraction=0.5,
+        ),
     }[method]()
     model.compile(
         optimizer=optimizer,

@@ -245,6 +245,19 @@ def test_profile_step_tiny_run_or_install_hint(tmp_path):
         assert {"conv forward", "conv backward", "batch norm"} <= set(keras_profile["share"])
 
 
+@pytest.mark.slow
+def test_profile_step_e_bisam_against_bisam(tmp_path):
+    path = tmp_path / "profile.json"
+    args = ["--model", "resnet20", "--method", "e-bisam", "--batch-size", "8", "--warmup", "1"]
+    args += ["--steps", "1", "--json", path]
+    script = [sys.executable, BENCHMARKS / "profile_step.py", *args]
+    if _optional_extra_or_hint("xprof", script, 300):
+        result = json.loads(path.read_text())
+        assert set(result["results"]) == {"e-bisam", "bisam"}
+        # E-BiSAM selects examples (top-k) and masks the perturbation (random numbers).
+        assert result["results"]["e-bisam"]["ms_per_step"].get("selection", 0.0) > 0
+
+
 @pytest.mark.parametrize(
     "op,kind",
     [
@@ -260,6 +273,8 @@ def test_profile_step_tiny_run_or_install_hint(tmp_path):
         ("AssignVariableOp", "optimizer"),
         ("aten::add_", "optimizer"),
         ("aten::copy_", "other"),
+        ("TopKV2", "selection"),
+        ("StatelessRandomUniformV2", "selection"),
     ],
 )
 def test_profile_kinds(op, kind):

@@ -111,6 +111,10 @@ def test_resume_continues_unfinished_skips_finished_and_refuses_changes(tmp_path
     counts = reproduce.run_all(configs, callbacks=[record], log=lines.append)
     assert counts == {"finished": 1, "partial": 0, "new": 0}
     assert record.epochs == [] and "skipped" in lines[0]
+    # One machine record per sitting that trained: epochs 0-1, then 2-3.
+    sittings = reproduce.read_machines(configs[0].run_dir())
+    assert [s["epochs_before"] for s in sittings] == [0, 2]
+    assert all(s["machine"]["cores"] >= 1 and "onednn" in s["machine"] for s in sittings)
     # Other settings in the same folder: an error, not silently mixed in.
     changed = digits_configs(tmp_path / "runs", epochs=3, methods=("sgd",))
     with pytest.raises(ValueError, match="epochs"):
@@ -162,6 +166,12 @@ def write_fake_runs(output, accuracies, noise=0.4):
             ):
                 (run_dir / f"{name}.json").write_text(json.dumps(value))
             (run_dir / "epoch_seconds.csv").write_text("epoch,seconds\n0,1.5\n1,2.5\n")
+            if method != "sgd":  # SGD's runs: trained before machines were recorded
+                machine = {"cpu_model": "Test CPU", "cores": 2, "vector_isa": "AVX2"}
+                machine.update(effective_isa="AVX2", onednn=True, tensorflow="2.x")
+                machine.update(tf_intra_op_threads=0, tf_inter_op_threads=1)
+                line = {"utc": "2026-01-01T00:00:00Z", "epochs_before": 0, "machine": machine}
+                (run_dir / reproduce.MACHINES_FILE).write_text(json.dumps(line) + "\n")
 
 
 def test_summary_is_numpy_mean_and_sample_std():
@@ -202,7 +212,13 @@ def test_report_writes_table_curves_and_keeps_hand_written_text(tmp_path):
         assert cell in text, cell
     assert "paper: 84.24 ± 0.25" in text and "paper: 89.03 ± 0.09" in text
     assert "paper: 88.86 ± 0.18" in text
-    assert "python x.py" in text and "oneDNN" in text
+    assert "python x.py" in text
+    # Which machine trained which run, from each run's machines.jsonl.
+    assert (
+        "Machine: Test CPU, 2 cores, AVX2, oneDNN on, TF threads intra/inter default/1, "
+        "TF 2.x: 40% SAM seed 0, 40% SAM seed 1, 40% BiSAM (tanh) seed 0" in text
+    )
+    assert "not recorded: 40% SGD seed 0, 40% SGD seed 1, 40% SGD seed 2" in text
     # 6 runs x 2 epochs of (1.5 + 2.5) s.
     assert f"Wall time: {6 * 4.0 / 3600:.2f} h (24 s) in total over 6 runs" in text
     assert "PLACEHOLDER" in text and "0 failed check(s)" in text
