@@ -142,7 +142,10 @@ def section(summary, png_name, command):
         if s["agree"]
         else "**They do NOT agree within seed noise**"
     )
+    machines = s.get("machines") or ["not recorded"]
     lines += [
+        "",
+        "Trained on: " + "; ".join(machines) + ".",
         "",
         f"{verdict}: the per-epoch difference of the means of the test accuracy and of the "
         "training accuracy is within three standard errors of that difference (from the "
@@ -156,6 +159,19 @@ def section(summary, png_name, command):
         "```",
     ]
     return "\n".join(lines)
+
+
+def machines_of(run_dirs):
+    """The one-line descriptions of the machines that trained `run_dirs` (sorted, unique)."""
+    import machine
+
+    return sorted(
+        {
+            machine.describe(sitting["machine"])
+            for run_dir in run_dirs
+            for sitting in reproduce.read_machines(run_dir)
+        }
+    )
 
 
 def write_section(docs_path, text):
@@ -180,7 +196,7 @@ def run_parity(args, command):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    keras_histories, torch_histories, config = [], [], None
+    keras_histories, torch_histories, config, run_dirs = [], [], None, []
     for seed in args.seeds:
         config = torch_train.keras_config(
             args.data_dir,
@@ -193,7 +209,11 @@ def run_parity(args, command):
             model=args.model,
         )
         print(f"== keras {args.method} seed {seed}")
+        if reproduce.run_state(config) != "finished":
+            os.makedirs(config.run_dir(), exist_ok=True)
+            reproduce.record_sitting(config.run_dir())
         runner.run(config, resume=True)
+        run_dirs.append(config.run_dir())
         with open(os.path.join(config.run_dir(), "history.json")) as f:
             keras_histories.append(json.load(f))
         torch_path = os.path.join(args.output, "torch", args.method, f"seed{seed}", "history.json")
@@ -203,6 +223,8 @@ def run_parity(args, command):
                 history = json.load(f)
         if history is None or len(history.get("test_accuracy", [])) < args.epochs:
             print(f"== torch {args.method} seed {seed}")
+            os.makedirs(os.path.dirname(torch_path), exist_ok=True)
+            reproduce.record_sitting(os.path.dirname(torch_path))
             arrays = torch_train.keras_run_arrays(config)
             history = torch_train.train(
                 arrays,
@@ -223,6 +245,7 @@ def run_parity(args, command):
         else:
             print(f"== torch {args.method} seed {seed}: finished, skipped")
         torch_histories.append(history)
+        run_dirs.append(os.path.dirname(torch_path))
     agreements = {
         m: agreement([h[m] for h in keras_histories], [h[m] for h in torch_histories])
         for m in METRICS
@@ -244,6 +267,7 @@ def run_parity(args, command):
         "epochs_checked": len(checked),
         "epochs_within": sum(r["ok"] for r in checked),
         "agree": all(r["ok"] for r in checked),
+        "machines": machines_of(run_dirs),
     }
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "parity.json"), "w") as f:

@@ -249,6 +249,35 @@ def test_parity_agreement_against_hand_computation():
     assert not rows[1]["ok"]
 
 
+def test_parity_section_names_the_machines_that_trained_both_sides(tmp_path):
+    import parity
+
+    dirs = []
+    for side, isa in (("keras", "AVX2"), ("torch", "AVX2"), ("torch2", "AVX-512")):
+        run_dir = tmp_path / side
+        run_dir.mkdir()
+        machine = {"cpu_model": "Test CPU", "cores": 2, "vector_isa": isa, "effective_isa": isa}
+        machine.update(onednn=True, tensorflow="2.x", tf_intra_op_threads=0)
+        machine.update(tf_inter_op_threads=0)
+        line = {"utc": "2026-01-01T00:00:00Z", "epochs_before": 0, "machine": machine}
+        (run_dir / reproduce.MACHINES_FILE).write_text(json.dumps(line) + "\n")
+        dirs.append(str(run_dir))
+    machines = parity.machines_of(dirs + [str(tmp_path / "none")])
+    assert machines == [
+        "Machine: Test CPU, 2 cores, AVX-512, oneDNN on, TF threads intra/inter "
+        "default/default, TF 2.x",
+        "Machine: Test CPU, 2 cores, AVX2, oneDNN on, TF threads intra/inter "
+        "default/default, TF 2.x",
+    ]
+    row = {"epoch": 1, "keras_mean": 0.5, "torch_mean": 0.5, "diff": 0.0, "se": 0.01, "ok": True}
+    summary = {"method": "sam", "model": "resnet20", "num_train": 900, "label_noise": 0.4}
+    summary.update(epochs=1, seeds=[0, 1], keras_params=1, torch_params=1, quick=False)
+    summary.update(agreement={"test_accuracy": [row]}, agree=True)
+    summary.update(epochs_within=1, epochs_checked=1, machines=machines)
+    text = parity.section(summary, "p.png", "python benchmarks/parity.py")
+    assert "Trained on: " + "; ".join(machines) + "." in text
+
+
 # ---------------------------------------------------------------------------
 # The PyTorch side
 
