@@ -677,6 +677,14 @@ def report(output, docs_path, command=None, log=print):
             "fills this section.",
         ),
         "",
+        "## In CI",
+        "",
+        "`tests/test_reproduce.py::test_sam_resists_noisy_labels_more_than_sgd` (slow) runs "
+        "the same pipeline on 200 noisy CIFAR-10 images for 30 epochs: SGD fits the wrong "
+        "labels faster, and SAM's loss on the noisy training labels must stay above SGD's "
+        "by more than 0.03 over the last 10 epochs (measured: 0.084-0.087). Were the "
+        "sharpness-aware step plain SGD, the two would be equal and the test would fail.",
+        "",
     ]
     os.makedirs(docs_dir, exist_ok=True)
     with open(docs_path, "w") as f:
