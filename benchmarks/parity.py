@@ -76,14 +76,32 @@ def agreement(keras_curves, torch_curves, z=3.0):
     return rows
 
 
-def plot(keras_histories, torch_histories, path):
+def smoothed_target_entropy(smoothing, num_classes):
+    """Entropy of the authors' smoothed target: `1 - s` on the label, `s / (K - 1)` elsewhere.
+
+    The authors' `smooth_crossentropy` is a KL divergence, which is the
+    cross-entropy minus this constant; adding it puts the PyTorch loss on the
+    scale of the Keras (cross-entropy) loss.
+    """
+    s, k = float(smoothing), int(num_classes)
+    entropy = -(1.0 - s) * math.log(1.0 - s) if s < 1.0 else 0.0
+    if s > 0.0:
+        entropy -= s * math.log(s / (k - 1))
+    return entropy
+
+
+def plot(keras_histories, torch_histories, path, torch_loss_offset=0.0):
+    """The three panels; `torch_loss_offset` is added to the PyTorch `loss` (see above)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    torch_histories = [
+        {**h, "loss_ce": [v + torch_loss_offset for v in h["loss"]]} for h in torch_histories
+    ]
     panels = (
-        ("loss", "loss_l2", "training loss (at w, + L2)"),
+        ("loss", "loss_ce", "training loss: smoothed CE at w"),
         ("accuracy", "accuracy", "training accuracy (%), noisy labels"),
         ("test_accuracy", "test_accuracy", "test accuracy (%)"),
     )
@@ -150,9 +168,10 @@ def section(summary, png_name, command):
         f"{verdict}: the per-epoch difference of the means of the test accuracy and of the "
         "training accuracy is within three standard errors of that difference (from the "
         f"seeds' sample standard deviations) at {s['epochs_within']} of {s['epochs_checked']} "
-        "(epoch, metric) pairs. The training-loss panel is for reading only: the Keras "
-        "loss follows the runner's convention for weight decay, the PyTorch curve adds "
-        "`weight_decay / 2 * ||w||^2` to the authors' smoothed cross-entropy.",
+        "(epoch, metric) pairs. The training-loss panel is for reading only: both curves are "
+        "the smoothed cross-entropy at `w` on the augmented noisy labels, without any "
+        "weight-decay term (the PyTorch side's KL divergence plus the smoothed target's "
+        "constant entropy).",
         "",
         "```",
         command,
@@ -274,10 +293,12 @@ def run_parity(args, command):
         json.dump(summary, f, indent=2)
     stem = os.path.splitext(os.path.basename(args.docs))[0]
     png = f"{stem}_parity.png"
+    num_classes = {"cifar10": 10, "cifar100": 100}[config.dataset]
     plot(
         keras_histories,
         torch_histories,
         os.path.join(os.path.dirname(os.path.abspath(args.docs)), png),
+        torch_loss_offset=smoothed_target_entropy(args.smoothing, num_classes),
     )
     write_section(args.docs, section(summary, png, command))
     print(json.dumps({k: v for k, v in summary.items() if k != "agreement"}, indent=2))

@@ -545,7 +545,9 @@ def report(output, docs_path, command=None, log=print):
     stem = os.path.splitext(os.path.basename(docs_path))[0]
     command = command or _saved_command(output) or "(not recorded)"
     machines = machines_by_description(runs)
-    first = runs[0]["config"]
+    # The settings shown come from a sharpness-aware run where there is one (SGD's
+    # config has no `rho`).
+    first = next((r for r in runs if r["method"] != "sgd"), runs[0])["config"]
     noises = sorted({r["noise"] for r in runs})
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
     lines = [
@@ -569,7 +571,12 @@ def report(output, docs_path, command=None, log=print):
         cells = []
         for method in methods:
             row = next((r for r in rows if r["noise"] == noise and r["method"] == method), None)
-            ours = "–" if row is None else f"{_fmt(row['mean'], row['std'])} ({row['n']})"
+            if row is None:
+                ours = "–"
+            elif row["n"] < 2:  # no spread from one seed
+                ours = f"{100 * row['mean']:.2f} (1 seed, no std)"
+            else:
+                ours = f"{_fmt(row['mean'], row['std'])} ({row['n']})"
             paper = PAPER_TABLE9.get(round(noise, 2), {}).get(method)
             paper_text = f"{paper[0]:.2f} ± {paper[1]:.2f}" if paper else "–"
             cells.append(f"{ours}<br>paper: {paper_text}")
@@ -642,8 +649,14 @@ def report(output, docs_path, command=None, log=print):
         lines += [f"![{int(round(100 * noise))}% noise]({name})", ""]
     lines += [
         "Training loss at `w` on the (noisy) training labels as the runner logs it, with "
-        "augmentation and the coupled L2 term; test accuracy on the clean test images. Mean "
-        "over seeds, band ±1 std. SGD runs twice the epochs.",
+        "augmentation"
+        + (
+            " (weight decay at `w` in the update, so no L2 term in the loss)"
+            if first.get("weight_decay_mode") == "at-w"
+            else " and the coupled L2 term"
+        )
+        + "; test accuracy on the clean test images. Mean over seeds, band ±1 std. SGD runs "
+        "twice the epochs.",
         "",
         "## Sanity checks per run",
         "",

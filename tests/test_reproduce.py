@@ -207,8 +207,11 @@ def test_report_writes_table_curves_and_keeps_hand_written_text(tmp_path):
     reproduce.report(str(output), str(docs), command="python x.py", log=lambda *_: None)
     text = docs.read_text()
     for values in accuracies.values():
-        std = np.std(values, ddof=1) if len(values) > 1 else 0.0
-        cell = f"{100 * np.mean(values):.2f} ± {100 * std:.2f} ({len(values)})"
+        if len(values) > 1:
+            std = np.std(values, ddof=1)
+            cell = f"{100 * np.mean(values):.2f} ± {100 * std:.2f} ({len(values)})"
+        else:  # one seed has no spread: no "± 0.00"
+            cell = f"{100 * values[0]:.2f} (1 seed, no std)"
         assert cell in text, cell
     assert "paper: 84.24 ± 0.25" in text and "paper: 89.03 ± 0.09" in text
     assert "paper: 88.86 ± 0.18" in text
@@ -247,6 +250,17 @@ def test_parity_agreement_against_hand_computation():
     assert rows[1]["diff"] == pytest.approx(-0.09)
     assert rows[1]["se"] == pytest.approx(math.sqrt(5e-4 / 3))
     assert not rows[1]["ok"]
+
+
+def test_smoothed_target_entropy_against_numpy():
+    import parity
+
+    for smoothing, k in ((0.1, 10), (0.1, 100), (0.0, 10), (0.3, 3)):
+        target = np.full(k, smoothing / (k - 1))
+        target[0] = 1.0 - smoothing
+        nonzero = target[target > 0]
+        expected = float(-(nonzero * np.log(nonzero)).sum())
+        assert parity.smoothed_target_entropy(smoothing, k) == pytest.approx(expected, rel=1e-12)
 
 
 def test_parity_section_names_the_machines_that_trained_both_sides(tmp_path):
