@@ -293,7 +293,11 @@ def run_parity(args, command):
         json.dump(summary, f, indent=2)
     stem = os.path.splitext(os.path.basename(args.docs))[0]
     png = f"{stem}_parity.png"
-    num_classes = {"cifar10": 10, "cifar100": 100}[config.dataset]
+    num_classes = {"cifar10": 10, "cifar100": 100}.get(config.dataset)
+    if num_classes is None:
+        raise ValueError(
+            f"parity.py trains CIFAR-10 or CIFAR-100. Received: dataset={config.dataset!r}"
+        )
     plot(
         keras_histories,
         torch_histories,

@@ -111,8 +111,8 @@ EPOCH_SECONDS = {"sgd": 31.0, "sam": 61.0, "bisam-neglog": 61.0, "bisam-tanh": 6
 HONEST_BEGIN = "<!-- honest-reading:begin -->"
 HONEST_END = "<!-- honest-reading:end -->"
 PARITY_BEGIN = "<!-- parity:begin -->"
-MACHINES_FILE = "machines.jsonl"
 PARITY_END = "<!-- parity:end -->"
+MACHINES_FILE = "machines.jsonl"  # one line per sitting of a run: the machine it ran on
 HONEST_PLACEHOLDER = (
     "> **PLACEHOLDER: to be written by the person who ran the study.** Compare each "
     "number with the paper's: does SAM/BiSAM beat SGD under 40% noise at this scale, by "
@@ -458,10 +458,6 @@ def sanity_checks(run, min_accuracy=None):
 
 def _num_classes(run):
     return {"digits": 10, "cifar10": 10, "cifar100": 100}.get(run["config"].get("dataset"), 10)
-
-
-# --------------------------------------------------------------------------
-# Machine
 
 
 # --------------------------------------------------------------------------
