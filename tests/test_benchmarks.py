@@ -229,14 +229,21 @@ def test_vs_pytorch_tiny_run_or_install_hint(tmp_path):
         assert_positive_numbers(result["models"]["resnet20"]["ratios"])
 
 
-@pytest.mark.slow
-def test_profile_step_tiny_run_or_install_hint(tmp_path):
+def _tiny_profile(tmp_path, method):
+    """A 1-step `profile_step.py` run's JSON, or None where xprof is missing (hint checked)."""
     path = tmp_path / "profile.json"
-    args = ["--model", "resnet20", "--method", "bisam", "--batch-size", "8", "--warmup", "1"]
+    args = ["--model", "resnet20", "--method", method, "--batch-size", "8", "--warmup", "1"]
     args += ["--steps", "1", "--json", path]
     script = [sys.executable, BENCHMARKS / "profile_step.py", *args]
     if _optional_extra_or_hint("xprof", script, 300):
-        result = json.loads(path.read_text())
+        return json.loads(path.read_text())
+    return None
+
+
+@pytest.mark.slow
+def test_profile_step_tiny_run_or_install_hint(tmp_path):
+    result = _tiny_profile(tmp_path, "bisam")
+    if result is not None:
         check_machine(result["machine"])
         keras_profile = result["results"]["keras"]
         assert keras_profile["busy_ms_per_step"] > 0
@@ -247,12 +254,8 @@ def test_profile_step_tiny_run_or_install_hint(tmp_path):
 
 @pytest.mark.slow
 def test_profile_step_e_bisam_against_bisam(tmp_path):
-    path = tmp_path / "profile.json"
-    args = ["--model", "resnet20", "--method", "e-bisam", "--batch-size", "8", "--warmup", "1"]
-    args += ["--steps", "1", "--json", path]
-    script = [sys.executable, BENCHMARKS / "profile_step.py", *args]
-    if _optional_extra_or_hint("xprof", script, 300):
-        result = json.loads(path.read_text())
+    result = _tiny_profile(tmp_path, "e-bisam")
+    if result is not None:
         assert set(result["results"]) == {"e-bisam", "bisam"}
         # E-BiSAM selects examples (top-k) and masks the perturbation (random numbers).
         assert result["results"]["e-bisam"]["ms_per_step"].get("selection", 0.0) > 0
