@@ -76,6 +76,7 @@ RUN_FLAGS = {
     "validation_split": str,
     "stats_from": str,
     "model_variant": str,
+    "verify": str,
 }
 
 
@@ -108,6 +109,12 @@ def _add_run_flags(parser, several):
     g.add_argument("--dataset", choices=DATASETS, help="default: digits (offline)")
     g.add_argument("--data-dir", help="a folder of TFRecord shards in the offline format")
     g.add_argument("--tfds-dir", help="tensorflow-datasets data_dir")
+    g.add_argument(
+        "--verify",
+        choices=("records", "full", "none"),
+        help="with --data-dir, what is checked before training: records (default: "
+        "checksums, labels, image signatures), full (also decodes every image), none",
+    )
     if several:
         g.add_argument("--models", "--model", nargs="+", choices=MODELS, metavar="MODEL")
         g.add_argument("--methods", "--method", nargs="+", choices=METHODS, metavar="METHOD")
@@ -300,6 +307,8 @@ def make_configs(args, several=False):
                     value = getattr(args, key, None)
                     if value is not None:
                         values[key] = value
+                if values.get("verify") == "none":
+                    values["verify"] = None
                 values.update(model=model, method=method, seed=seed, output=args.output)
                 values["jit_compile"] = args.jit_compile
                 values["strategy"] = args.strategy

@@ -348,6 +348,21 @@ def test_steps_and_epochs_flags():
     assert config.steps == 20
 
 
+def test_verify_flag():
+    """`--verify none` is `verify=None`; the default scans the records; a change of
+    `verify` alone may resume a run (it does not change the run's numbers)."""
+    parse = cli.build_parser().parse_args
+    (config,) = cli.make_configs(parse(["train"]))
+    assert config.verify == "records"
+    for flag, value in (("full", "full"), ("records", "records"), ("none", None)):
+        (config,) = cli.make_configs(parse(["train", "--verify", flag]))
+        assert config.verify == value
+    saved = runner.recorded_config(RunConfig(verify="full"))
+    assert runner.config_differences(saved, RunConfig(verify=None)) == []
+    with pytest.raises(SystemExit):
+        parse(["train", "--verify", "fast"])
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -378,6 +393,8 @@ def test_bad_run_flags_are_named(tmp_path, capsys, args, expected):
         ({"batch_size": 128, "micro_batch_size": 48}, "micro_batch_size=48, batch_size=128"),
         ({"pretrained": "yes"}, "`pretrained` must be a bool. Received: pretrained='yes'"),
         ({"model": "wrn28_2", "pretrained": True}, "Received: model='wrn28_2', pretrained=True"),
+        ({"verify": "none"}, "`verify` must be one of ['records', 'full', None]. Received: verify='none'"),
+        ({"verify": False}, "Received: verify=False"),
     ],
 )
 def test_run_config_rejects_bad_values(fields, message):

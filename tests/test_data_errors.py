@@ -178,6 +178,32 @@ def test_image_with_a_valid_header_that_does_not_decode(tmp_path, real_records):
     assert "record 7: `image` does not decode: jpeg::Uncompress failed" in message, message
 
 
+def test_cli_verify_flag_reaches_the_scan(tmp_path, real_records, capsys):
+    """`bisam-keras train --verify full` names the record that does not decode,
+    before any training; `--verify records` finds it only when decoding."""
+    from bisam_keras import cli
+
+    train, test = real_records
+    image, label = _fields(train[7])
+    train = train[:7] + [_example(image[:3] + bytes(range(256)) * 2, label)] + train[8:]
+    (tmp_path / "data").mkdir()
+    folder, train_file, _ = _folder(tmp_path / "data", train, test)
+    errors = {}
+    for level in ("full", "records"):
+        output = tmp_path / f"runs-{level}"
+        # The statistics of all training images: `load` decodes every one of them.
+        args = ["train", "--dataset", "cifar10", "--data-dir", folder, "--stats-from", "all"]
+        with pytest.raises(SystemExit) as info:
+            cli.main([*args, "--verify", level, "--output", str(output), "--verbose", "0"])
+        assert info.value.code == 1, "unusable data: exit status 1"
+        errors[level] = capsys.readouterr().err
+        assert "Traceback" not in errors[level]
+        assert not list(output.rglob("history.csv")), "it failed before training"
+    assert f"{train_file}: record 7: `image` does not decode" in errors["full"], errors["full"]
+    assert f"{folder}: an image does not decode" in errors["records"], errors["records"]
+    assert "`bisam-keras --verify full`" in errors["records"], errors["records"]
+
+
 # --------------------------------------------------------------- labels
 
 

@@ -38,7 +38,8 @@ def _naming_undecodable_images(data_dir, build):
             reason = tf_reason(error)
             raise DataError(
                 f"{data_dir}: an image does not decode ({reason}); "
-                "`bisam_keras.data.load(..., verify='full')` names its file and record"
+                "`bisam_keras.data.load(..., verify='full')` (`bisam-keras --verify full`) "
+                "names its file and record"
             ) from None
 
     return wrapped

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from bisam_keras import data as data_lib
 from bisam_keras import models as models_lib
+from bisam_keras.data import verify as verify_lib
 from bisam_keras.experiments import folders, protocol
 from bisam_keras.experiments import methods as methods_lib
 from bisam_keras.optimizers import EpochCosineDecay, SharpnessAwareOptimizer, TorchSGD
@@ -133,6 +134,11 @@ class RunConfig:
             `"seeded"`.
         stats_from: normalization statistics from the `"train"` part or from
             `"all"` the training set. Defaults to `"train"`.
+        verify: how much of an offline TFRecord folder is checked before
+            training (`bisam_keras.data.load`): `"records"` (checksums,
+            features, labels, image signatures), `"full"` (also decodes every
+            image) or `None`. It does not change the run's numbers.
+            Defaults to `"records"`.
         model_variant: `"keras"` or `"authors"` (the paper's code's
             architecture and initialization; passed to
             `bisam_keras.models.build(..., variant=...)`). Defaults to `"keras"`.
@@ -181,6 +187,7 @@ class RunConfig:
     validation_split: str = "seeded"
     stats_from: str = "train"
     model_variant: str = "keras"
+    verify: str | None = "records"
 
     def run_dir(self):
         return os.path.join(self.output, self.dataset, self.model, self.method, f"seed{self.seed}")
@@ -257,6 +264,7 @@ def check_training_options(config):
             raise ValueError(f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}")
     if not isinstance(config.cutout, bool):
         raise ValueError(f"`cutout` must be a bool. Received: cutout={config.cutout!r}")
+    verify_lib.check_level(config.verify)
 
 
 def keras_label_smoothing(smoothing, num_classes, convention="keras"):
@@ -317,7 +325,7 @@ def _is_int(value):
 
 # Settings that only say how or where a run is carried out: `--resume` may
 # change them (the run's numbers do not depend on them beyond float rounding).
-RESUMABLE_CHANGES = ("verbose", "output", "data_dir", "tfds_dir", "jit_compile")
+RESUMABLE_CHANGES = ("verbose", "output", "data_dir", "tfds_dir", "jit_compile", "verify")
 
 
 def unused_settings(config):
@@ -855,6 +863,7 @@ def run(config, resume=False, callbacks=()):
         cutout=config.cutout,
         validation_split=config.validation_split,
         stats_from=config.stats_from,
+        verify=config.verify,
     )
     train, validation, test = _one_hot(splits)
     if drop_remainder:
