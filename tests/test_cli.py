@@ -393,7 +393,7 @@ def test_bad_run_flags_are_named(tmp_path, capsys, args, expected):
         ({"batch_size": 128, "micro_batch_size": 48}, "micro_batch_size=48, batch_size=128"),
         ({"pretrained": "yes"}, "`pretrained` must be a bool. Received: pretrained='yes'"),
         ({"model": "wrn28_2", "pretrained": True}, "Received: model='wrn28_2', pretrained=True"),
-        ({"verify": "none"}, "`verify` must be one of ['records', 'full', None]. Received: verify='none'"),
+        ({"verify": "none"}, "must be one of ['records', 'full', None]. Received: verify='none'"),
         ({"verify": False}, "Received: verify=False"),
     ],
 )
