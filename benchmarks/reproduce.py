@@ -112,6 +112,8 @@ HONEST_BEGIN = "<!-- honest-reading:begin -->"
 HONEST_END = "<!-- honest-reading:end -->"
 PARITY_BEGIN = "<!-- parity:begin -->"
 PARITY_END = "<!-- parity:end -->"
+MEMORISATION_BEGIN = "<!-- memorisation:begin -->"
+MEMORISATION_END = "<!-- memorisation:end -->"
 MACHINES_FILE = "machines.jsonl"  # one line per sitting of a run: the machine it ran on
 HONEST_PLACEHOLDER = (
     "> **PLACEHOLDER: to be written by the person who ran the study.** Compare each "
@@ -675,6 +677,16 @@ def report(output, docs_path, command=None, log=print):
     lines += [
         "",
         f"{failures} failed check(s).",
+        "",
+        "## What the runs memorised",
+        "",
+        _keep_section(
+            old,
+            MEMORISATION_BEGIN,
+            MEMORISATION_END,
+            "Not measured yet: `python benchmarks/memorisation.py` fills this section from "
+            "the finished runs' `best.keras`.",
+        ),
         "",
         "## PyTorch parity",
         "",

@@ -1,0 +1,246 @@
+"""How much of the wrong labels each run of the label-noise study has learnt.
+
+SAM's advantage under label noise (the paper's Table 9) is that it memorises
+fewer of the wrong labels than SGD. This script measures that directly on the
+finished runs of `benchmarks/reproduce.py` whose selected model (`best.keras`,
+the epoch `result.json` reports) is on disk. It predicts every training image
+without augmentation and splits the training examples by whether the run's
+label-noise draw kept their label (clean) or replaced it (noisy):
+
+- `clean_accuracy`: on the clean examples, the share predicted as labelled;
+- `noisy_memorised`: on the noisy examples, the share predicted as the *wrong*
+  label the run trained on (memorisation);
+- `noisy_true`: on the noisy examples, the share predicted as the true label
+  (the clean signal winning over the noise);
+- `noisy_other`: the rest of the noisy examples.
+
+A network that learnt the clean signal and none of the noise has
+`noisy_memorised` 0 and `noisy_true` equal to its clean accuracy; one that
+memorised everything has `noisy_memorised` 1.
+
+```
+python benchmarks/memorisation.py                       # results/label-noise, docs/results.md
+python benchmarks/memorisation.py --output DIR --docs F
+```
+
+The true labels come from loading the same run's data with `label_noise=0`:
+the split, the subset and the images do not depend on the noise rate, only the
+labels do (checked: the two loads must hold the same images).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+ROOT = os.path.dirname(HERE)
+
+import reproduce  # noqa: E402
+
+BEGIN, END = reproduce.MEMORISATION_BEGIN, reproduce.MEMORISATION_END
+
+
+def fractions(predicted, given, true):
+    """The shares of `predicted` that match the given and the true labels.
+
+    Args:
+        predicted: int array `(n,)`, the model's classes.
+        given: int array `(n,)`, the labels the run trained on (noisy).
+        true: int array `(n,)`, the labels before the noise.
+
+    Returns:
+        A dict: `num_clean`, `num_noisy` (counts), `clean_accuracy`,
+        `noisy_memorised`, `noisy_true`, `noisy_other` (shares; `None` where
+        their group is empty).
+    """
+    predicted, given, true = (np.asarray(a).reshape(-1) for a in (predicted, given, true))
+    if not predicted.shape == given.shape == true.shape:
+        raise ValueError(
+            "`predicted`, `given` and `true` must have the same length. Received: "
+            f"{predicted.shape[0]}, {given.shape[0]}, {true.shape[0]}"
+        )
+    noisy = given != true
+    clean = ~noisy
+
+    def share(hits, group):
+        return float(np.mean(hits[group])) if group.any() else None
+
+    memorised = share(predicted == given, noisy)
+    true_share = share(predicted == true, noisy)
+    return {
+        "num_clean": int(clean.sum()),
+        "num_noisy": int(noisy.sum()),
+        "clean_accuracy": share(predicted == given, clean),
+        "noisy_memorised": memorised,
+        "noisy_true": true_share,
+        "noisy_other": None if memorised is None else 1.0 - memorised - true_share,
+    }
+
+
+def _train_part(config):
+    """The normalized training images (no augmentation) and their labels, in a
+    fixed order: sorted by image bytes (stable, so equal images keep the
+    pipeline's order)."""
+    from bisam_keras import data as data_lib
+
+    splits = data_lib.load(config.dataset, **reproduce.load_kwargs(config))
+    xs, ys = [], []
+    for x, y in splits.train:
+        xs.append(x.numpy())
+        ys.append(np.asarray(y.numpy()).reshape(-1))
+    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+    order = sorted(range(len(x)), key=lambda i: x[i].tobytes())
+    return x[order], y[order], splits.noisy_label_fraction
+
+
+def labelled_train_part(config):
+    """`(images, given labels, true labels, noisy fraction)` of a run's train part.
+
+    Loads the run's data twice, as the runner does but without augmentation:
+    with its label noise and with none. Raises `ValueError` if the two loads
+    do not hold the same images.
+    """
+    x, given, fraction = _train_part(config)
+    x_clean, true, _ = _train_part(dataclasses.replace(config, label_noise=0.0))
+    if x.shape != x_clean.shape or not np.array_equal(x, x_clean):
+        raise ValueError(
+            "The run's training images depend on `label_noise`; the true labels cannot "
+            f"be matched. Received: label_noise={config.label_noise}"
+        )
+    return x, given, true, fraction
+
+
+def measure(run, batch_size=500):
+    """`fractions` of one finished run (a `reproduce.collect` entry), or `None`
+    when its `best.keras` is not on disk."""
+    import keras
+
+    from bisam_keras.experiments import RunConfig
+
+    path = os.path.join(run["run_dir"], "best.keras")
+    if not os.path.exists(path):
+        return None
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
+    x, given, true, fraction = labelled_train_part(config)
+    model = keras.saving.load_model(path, compile=False)
+    predicted = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
+    out = fractions(predicted, given, true)
+    out.update(
+        noise=run["noise"],
+        method=run["method"],
+        seed=run["seed"],
+        epoch=run["result"]["epoch"],
+        test_accuracy=run["result"]["test_accuracy"],
+        noisy_label_fraction=fraction,
+    )
+    return out
+
+
+def _label(method):
+    from bisam_keras.experiments.methods import LABELS
+
+    return LABELS.get(method, method)
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def section(rows, skipped, command):
+    """The markdown of the results page's memorisation section."""
+    lines = [
+        BEGIN,
+        "Measured by [`benchmarks/memorisation.py`](../benchmarks/memorisation.py) on each "
+        "run's selected model (`best.keras`, the epoch the table reports), over its "
+        "training images without augmentation. *Clean*: examples whose label the noise "
+        "kept; *noisy*: those whose label it replaced by a wrong one. A model that learnt "
+        "the clean signal and memorised none of the noise predicts the true label on the "
+        "noisy examples as often as on the clean ones, and the wrong label never.",
+        "",
+        "| Noise | Method | Seed | Epoch | Clean: predicted as labelled | Noisy: the wrong "
+        "label (memorised) | Noisy: the true label | Test accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {100 * r['noise']:.0f}% | {_label(r['method'])} "
+            f"| {r['seed']} | {r['epoch']} | {_pct(r['clean_accuracy'])}% "
+            f"| {_pct(r['noisy_memorised'])}% | {_pct(r['noisy_true'])}% "
+            f"| {_pct(r['test_accuracy'])}% |"
+        )
+    lines.append("")
+    if skipped:
+        lines.append(
+            "Not measured (their `best.keras` is not in the repository, which keeps the "
+            "runs' small files only, and was not on the measuring machine): "
+            + ", ".join(skipped)
+            + "."
+        )
+        lines.append("")
+    lines += ["```", command, "```", END]
+    return "\n".join(lines)
+
+
+def write_section(docs_path, text):
+    """Replaces the memorisation section of `docs_path` (which
+    `reproduce.py`'s report writes, and keeps when it writes the page again)."""
+    with open(docs_path) as f:
+        old = f.read()
+    if BEGIN not in old or END not in old:
+        raise ValueError(
+            f"{docs_path} has no memorisation section: run `benchmarks/reproduce.py "
+            "--report-only` first. Received: docs=" + repr(docs_path)
+        )
+    head, rest = old.split(BEGIN, 1)
+    with open(docs_path, "w") as f:
+        f.write(head + text + rest.split(END, 1)[1])
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default=reproduce.DEFAULTS["output"], help="the study's folder")
+    p.add_argument("--docs", default=os.path.join(ROOT, "docs", "results.md"))
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    runs = reproduce.collect(args.output)
+    if not runs:
+        raise SystemExit(f"no finished runs below {args.output!r}")
+    path = os.path.join(args.output, "memorisation.json")
+    saved = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = {(r["noise"], r["method"], r["seed"]): r for r in json.load(f)}
+    rows, skipped = [], []
+    for run in runs:
+        key = (run["noise"], run["method"], run["seed"])
+        row = measure(run)
+        if row is None:
+            row = saved.get(key)  # measured earlier, on a machine that had the model
+        if row is None:
+            skipped.append(f"{100 * run['noise']:.0f}% {_label(run['method'])} seed {run['seed']}")
+            continue
+        rows.append(row)
+        print(json.dumps(row))
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=2)
+    command = "python benchmarks/memorisation.py " + " ".join(
+        sys.argv[1:] if argv is None else list(argv)
+    )
+    write_section(args.docs, section(rows, skipped, command.strip()))
+    print(f"wrote {path} and the memorisation section of {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

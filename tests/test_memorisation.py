@@ -1,0 +1,110 @@
+"""benchmarks/memorisation.py: what share of the wrong labels a run has learnt.
+
+The shares are checked against counts done by hand; the true labels against
+the data's own noise draw (digits, offline); the whole script on a finished
+digits run, against the model's predictions recomputed here.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import memorisation  # noqa: E402
+import reproduce  # noqa: E402
+
+
+def test_fractions_against_hand_counts():
+    true = [0, 1, 2, 3, 4, 5, 6, 7]
+    given = [0, 1, 2, 3, 9, 9, 9, 9]  # the last four labels replaced
+    predicted = [0, 1, 5, 3, 9, 5, 6, 0]
+    # clean (0-3): right on 0, 1, 3 -> 3/4. noisy (4-7): 4 predicts the wrong
+    # label 9, 5 and 6 the true one, 7 neither.
+    out = memorisation.fractions(predicted, given, true)
+    assert out == {
+        "num_clean": 4,
+        "num_noisy": 4,
+        "clean_accuracy": 0.75,
+        "noisy_memorised": 0.25,
+        "noisy_true": 0.5,
+        "noisy_other": 0.25,
+    }
+    clean_only = memorisation.fractions([1, 2], [1, 3], [1, 3])
+    assert clean_only["num_noisy"] == 0 and clean_only["noisy_memorised"] is None
+    with pytest.raises(ValueError, match="same length. Received: 2, 3, 3"):
+        memorisation.fractions([0, 1], [0, 1, 2], [0, 1, 2])
+
+
+def _digits_config(tmp_path, epochs=1):
+    (config,) = reproduce.make_configs(
+        None, str(tmp_path / "runs"), "resnet20", 300, epochs, (0,), (0.4,), ("sam",),
+        dataset="digits", preset=None,
+    )  # fmt: skip
+    return config
+
+
+def test_true_labels_are_the_noise_draws_own(tmp_path):
+    """The examples whose two labels differ make up the share the data reports
+    as corrupted, and the true labels are the data set's own (digits' labels,
+    read from scikit-learn, not through the pipeline)."""
+    from sklearn.datasets import load_digits
+
+    config = _digits_config(tmp_path)
+    x, given, true, fraction = memorisation.labelled_train_part(config)
+    noisy = given != true
+    assert len(x) == len(given) == len(true) == 270  # 300 - 10% validation
+    assert noisy.mean() == pytest.approx(fraction) and fraction == pytest.approx(0.4, abs=0.01)
+    # Every digits image is 8x8 with 17 grey levels (0-16, stored as 0-1): match
+    # each training image to the data set's images and their labels.
+    digits = load_digits()
+    by_pixels = {}
+    for image, label in zip(digits.images, digits.target):
+        by_pixels.setdefault(image.astype(np.uint8).tobytes(), set()).add(int(label))
+    mean, std = _stats(config)
+    pixels = np.rint(16 * (x[..., 0] * std + mean)).astype(np.uint8)
+    for image, label in zip(pixels, true):
+        assert int(label) in by_pixels[image.tobytes()]
+
+
+def _stats(config):
+    from bisam_keras import data
+
+    splits = data.load(config.dataset, **reproduce.load_kwargs(config))
+    return float(splits.mean[0]), float(splits.std[0])
+
+
+def test_script_on_a_finished_run(tmp_path):
+    import keras
+
+    from bisam_keras.experiments import runner
+
+    config = _digits_config(tmp_path)
+    reproduce.run_all([config], log=lambda *_: None)
+    docs = tmp_path / "results.md"
+    reproduce.report(config.output, str(docs), command="python x.py", log=lambda *_: None)
+    assert "Not measured yet" in docs.read_text()
+    memorisation.main(["--output", config.output, "--docs", str(docs)])
+    (row,) = json.loads((Path(config.output) / "memorisation.json").read_text())
+    # Independently: the model's predictions on the same images.
+    x, given, true, _ = memorisation.labelled_train_part(config)
+    model = keras.saving.load_model(str(Path(config.run_dir()) / "best.keras"), compile=False)
+    predicted = model.predict(x, verbose=0).argmax(-1)
+    noisy = given != true
+    assert row["clean_accuracy"] == pytest.approx(np.mean(predicted[~noisy] == given[~noisy]))
+    assert row["noisy_memorised"] == pytest.approx(np.mean(predicted[noisy] == given[noisy]))
+    assert row["noisy_true"] == pytest.approx(np.mean(predicted[noisy] == true[noisy]))
+    result = runner.load_results(config.output)[0]
+    assert row["epoch"] == result["epoch"] and row["test_accuracy"] == result["test_accuracy"]
+    text = docs.read_text()
+    assert f"{100 * row['noisy_memorised']:.1f}%" in text and "Not measured yet" not in text
+    # The report keeps the section; without best.keras the saved row is used.
+    reproduce.main(["--report-only", "--output", config.output, "--docs", str(docs)])
+    assert f"{100 * row['noisy_memorised']:.1f}%" in docs.read_text()
+    (Path(config.run_dir()) / "best.keras").unlink()
+    memorisation.main(["--output", config.output, "--docs", str(docs)])
+    assert json.loads((Path(config.output) / "memorisation.json").read_text()) == [row]
