@@ -14,9 +14,12 @@ label-noise draw kept their label (clean) or replaced it (noisy):
   (the clean signal winning over the noise);
 - `noisy_other`: the rest of the noisy examples.
 
-A network that learnt the clean signal and none of the noise has
-`noisy_memorised` 0 and `noisy_true` equal to its clean accuracy; one that
-memorised everything has `noisy_memorised` 1.
+A network that memorised everything has `noisy_memorised` 1. One that
+memorised nothing still predicts some wrong labels by mistake: the noise
+replaces a label by one of the other `K - 1` classes uniformly, independently
+of the image, so a prediction that does not depend on that draw hits it with
+probability `(1 - noisy_true) / (K - 1)` (`noisy_chance`). `noisy_memorised`
+above `noisy_chance` is memorisation.
 
 ```
 python benchmarks/memorisation.py                       # results/label-noise, docs/results.md
@@ -46,18 +49,20 @@ import reproduce  # noqa: E402
 BEGIN, END = reproduce.MEMORISATION_BEGIN, reproduce.MEMORISATION_END
 
 
-def fractions(predicted, given, true):
+def fractions(predicted, given, true, num_classes):
     """The shares of `predicted` that match the given and the true labels.
 
     Args:
         predicted: int array `(n,)`, the model's classes.
         given: int array `(n,)`, the labels the run trained on (noisy).
         true: int array `(n,)`, the labels before the noise.
+        num_classes: `K`, for `noisy_chance`.
 
     Returns:
         A dict: `num_clean`, `num_noisy` (counts), `clean_accuracy`,
-        `noisy_memorised`, `noisy_true`, `noisy_other` (shares; `None` where
-        their group is empty).
+        `noisy_memorised`, `noisy_true`, `noisy_other`, and `noisy_chance`
+        (`(1 - noisy_true) / (K - 1)`, the `noisy_memorised` of a model that
+        memorised nothing); shares, `None` where their group is empty.
     """
     predicted, given, true = (np.asarray(a).reshape(-1) for a in (predicted, given, true))
     if not predicted.shape == given.shape == true.shape:
@@ -80,6 +85,7 @@ def fractions(predicted, given, true):
         "noisy_memorised": memorised,
         "noisy_true": true_share,
         "noisy_other": None if memorised is None else 1.0 - memorised - true_share,
+        "noisy_chance": None if true_share is None else (1.0 - true_share) / (num_classes - 1),
     }
 
 
@@ -130,8 +136,8 @@ def measure(run, batch_size=500):
     config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
     x, given, true, fraction = labelled_train_part(config)
     model = keras.saving.load_model(path, compile=False)
-    predicted = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
-    out = fractions(predicted, given, true)
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    out = fractions(np.argmax(probabilities, axis=-1), given, true, probabilities.shape[-1])
     out.update(
         noise=run["noise"],
         method=run["method"],
@@ -160,20 +166,23 @@ def section(rows, skipped, command):
         "Measured by [`benchmarks/memorisation.py`](../benchmarks/memorisation.py) on each "
         "run's selected model (`best.keras`, the epoch the table reports), over its "
         "training images without augmentation. *Clean*: examples whose label the noise "
-        "kept; *noisy*: those whose label it replaced by a wrong one. A model that learnt "
-        "the clean signal and memorised none of the noise predicts the true label on the "
-        "noisy examples as often as on the clean ones, and the wrong label never.",
+        "kept; *noisy*: those whose label it replaced by a wrong one, drawn uniformly from "
+        "the other K - 1 classes. A model that memorised none of the noise predicts the "
+        "true label on the noisy examples about as often as on the clean ones, and the "
+        "wrong label only by mistake: with probability (1 - its share of true labels) / "
+        "(K - 1), the *no-memorisation level*. Predicting the wrong label more often than "
+        "that is memorisation.",
         "",
-        "| Noise | Method | Seed | Epoch | Clean: predicted as labelled | Noisy: the wrong "
-        "label (memorised) | Noisy: the true label | Test accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Noise | Method | Seed | Epoch | Clean: predicted as labelled | Noisy: the true "
+        "label | Noisy: the wrong label | No-memorisation level | Test accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {100 * r['noise']:.0f}% | {_label(r['method'])} "
             f"| {r['seed']} | {r['epoch']} | {_pct(r['clean_accuracy'])}% "
-            f"| {_pct(r['noisy_memorised'])}% | {_pct(r['noisy_true'])}% "
-            f"| {_pct(r['test_accuracy'])}% |"
+            f"| {_pct(r['noisy_true'])}% | {_pct(r['noisy_memorised'])}% "
+            f"| {_pct(r['noisy_chance'])}% | {_pct(r['test_accuracy'])}% |"
         )
     lines.append("")
     if skipped:

@@ -24,8 +24,9 @@ def test_fractions_against_hand_counts():
     given = [0, 1, 2, 3, 9, 9, 9, 9]  # the last four labels replaced
     predicted = [0, 1, 5, 3, 9, 5, 6, 0]
     # clean (0-3): right on 0, 1, 3 -> 3/4. noisy (4-7): 4 predicts the wrong
-    # label 9, 5 and 6 the true one, 7 neither.
-    out = memorisation.fractions(predicted, given, true)
+    # label 9, 5 and 6 the true one, 7 neither. With K = 10 classes, a model
+    # blind to the noise draw would hit the wrong label on (1 - 2/4) / 9 of them.
+    out = memorisation.fractions(predicted, given, true, 10)
     assert out == {
         "num_clean": 4,
         "num_noisy": 4,
@@ -33,11 +34,12 @@ def test_fractions_against_hand_counts():
         "noisy_memorised": 0.25,
         "noisy_true": 0.5,
         "noisy_other": 0.25,
+        "noisy_chance": 0.5 / 9,
     }
-    clean_only = memorisation.fractions([1, 2], [1, 3], [1, 3])
+    clean_only = memorisation.fractions([1, 2], [1, 3], [1, 3], 10)
     assert clean_only["num_noisy"] == 0 and clean_only["noisy_memorised"] is None
     with pytest.raises(ValueError, match="same length. Received: 2, 3, 3"):
-        memorisation.fractions([0, 1], [0, 1, 2], [0, 1, 2])
+        memorisation.fractions([0, 1], [0, 1, 2], [0, 1, 2], 10)
 
 
 def _digits_config(tmp_path, epochs=1):
@@ -98,6 +100,7 @@ def test_script_on_a_finished_run(tmp_path):
     assert row["clean_accuracy"] == pytest.approx(np.mean(predicted[~noisy] == given[~noisy]))
     assert row["noisy_memorised"] == pytest.approx(np.mean(predicted[noisy] == given[noisy]))
     assert row["noisy_true"] == pytest.approx(np.mean(predicted[noisy] == true[noisy]))
+    assert row["noisy_chance"] == pytest.approx(np.mean(predicted[noisy] != true[noisy]) / 9)
     result = runner.load_results(config.output)[0]
     assert row["epoch"] == result["epoch"] and row["test_accuracy"] == result["test_accuracy"]
     text = docs.read_text()
