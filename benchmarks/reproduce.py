@@ -426,6 +426,72 @@ def summarize(runs, metric="test_accuracy"):
     return rows
 
 
+def paired_differences(runs, baseline, metric="test_accuracy"):
+    """Per-seed differences `method - baseline` of `metric`, per (noise, method).
+
+    Runs of one seed share the initial weights, the noisy labels and the data
+    order, so a difference within a seed removes what the seeds add to both
+    (the initialisation, above all). Only seeds that both methods finished count.
+
+    Returns:
+        A list of dicts `{noise, method, baseline, differences, seeds, mean,
+        std, n}` (`std` sample, 0 for one seed), in the paper's order.
+    """
+    from bisam_keras.experiments.protocol import mean_std
+
+    value = {(r["noise"], r["method"], r["seed"]): r["result"][metric] for r in runs}
+    rows = []
+    for noise, method in sorted(
+        {(n, m) for n, m, _ in value if m != baseline},
+        key=lambda nm: (nm[0], _method_order(nm[1])),
+    ):
+        seeds = sorted(
+            s for n, m, s in value if (n, m) == (noise, method) and (noise, baseline, s) in value
+        )
+        if not seeds:
+            continue
+        differences = [value[(noise, method, s)] - value[(noise, baseline, s)] for s in seeds]
+        mean, std = mean_std(differences)
+        rows.append(
+            {
+                "noise": noise,
+                "method": method,
+                "baseline": baseline,
+                "differences": differences,
+                "seeds": seeds,
+                "mean": mean,
+                "std": std,
+                "n": len(seeds),
+            }
+        )
+    return rows
+
+
+def paired_table(runs, labels):
+    """Markdown lines: each method minus SGD and minus SAM, seed by seed."""
+    lines = [
+        "| Noise | Method | Baseline | Per seed (points) | Mean ± std |",
+        "|---|---|---|---|---|",
+    ]
+    for baseline in ("sgd", "sam"):
+        for row in paired_differences(runs, baseline):
+            if row["method"] == "sgd":
+                continue
+            per_seed = ", ".join(
+                f"{s}: {100 * d:+.2f}" for s, d in zip(row["seeds"], row["differences"])
+            )
+            mean = (
+                f"{100 * row['mean']:+.2f} ± {100 * row['std']:.2f} ({row['n']})"
+                if row["n"] > 1
+                else f"{100 * row['mean']:+.2f} (1 seed)"
+            )
+            lines.append(
+                f"| {int(round(100 * row['noise']))}% | {labels.get(row['method'], row['method'])} "
+                f"| {labels.get(baseline, baseline)} | {per_seed} | {mean} |"
+            )
+    return lines
+
+
 def sanity_checks(run, min_accuracy=None):
     """The per-run checks: `[(name, passed, detail)]`.
 
@@ -592,6 +658,12 @@ def report(output, docs_path, command=None, log=print):
             _epochs_of(runs, "sam"),
             _epochs_of(runs, "sgd"),
         ),
+        "",
+        "Paired by seed: the runs of one seed share the initial weights, the noisy labels "
+        "and the data order, so each method's difference from SGD and from SAM within a "
+        "seed (test accuracy, percentage points) removes what the seed adds to both.",
+        "",
+        *paired_table(runs, LABELS),
         "",
         "## Honest reading",
         "",

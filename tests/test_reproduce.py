@@ -188,6 +188,29 @@ def test_summary_is_numpy_mean_and_sample_std():
         assert r["n"] == 3 and r["seeds"] == [0, 1, 2]
 
 
+def test_paired_differences_against_numpy():
+    """Seed-by-seed differences from a baseline; a seed the baseline lacks is left out."""
+    values = {
+        "sgd": {0: 0.55, 1: 0.62, 2: 0.60},
+        "sam": {0: 0.34, 1: 0.52, 2: 0.58},
+        "bisam-neglog": {0: 0.41, 1: 0.53, 3: 0.70},
+    }
+    runs = [fake_run(0.4, m, s, v) for m, vs in values.items() for s, v in vs.items()]
+    rows = {r["method"]: r for r in reproduce.paired_differences(runs, "sgd")}
+    assert set(rows) == {"sam", "bisam-neglog"}
+    sam = np.array([0.34 - 0.55, 0.52 - 0.62, 0.58 - 0.60])
+    assert rows["sam"]["seeds"] == [0, 1, 2]
+    np.testing.assert_allclose(rows["sam"]["differences"], sam, rtol=0, atol=1e-15)
+    assert rows["sam"]["mean"] == pytest.approx(sam.mean(), rel=1e-12)
+    assert rows["sam"]["std"] == pytest.approx(sam.std(ddof=1), rel=1e-12)
+    bisam = rows["bisam-neglog"]
+    assert bisam["seeds"] == [0, 1] and bisam["n"] == 2  # seed 3 has no SGD run
+    assert bisam["mean"] == pytest.approx(np.mean([0.41 - 0.55, 0.53 - 0.62]), rel=1e-12)
+    lines = reproduce.paired_table(runs, {"sam": "SAM", "sgd": "SGD", "bisam-neglog": "B"})
+    assert "| 40% | SAM | SGD | 0: -21.00, 1: -10.00, 2: -2.00 | -11.00 ± 9.54 (3) |" in lines
+    assert "| 40% | B | SAM | 0: +7.00, 1: +1.00 | +4.00 ± 4.24 (2) |" in lines
+
+
 def test_sanity_checks_flag_nan_rising_loss_and_chance():
     good = fake_run(0.4, "sam", 0, 0.8)
     assert all(ok for _, ok, _ in reproduce.sanity_checks(good))
