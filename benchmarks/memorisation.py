@@ -23,7 +23,7 @@ above `noisy_chance` is memorisation.
 
 ```
 python benchmarks/memorisation.py                       # results/label-noise, docs/results.md
-python benchmarks/memorisation.py --output DIR --docs F
+python benchmarks/memorisation.py --output DIR --docs F --data-dir ../shared/data/cifar10
 ```
 
 The true labels come from loading the same run's data with `label_noise=0`:
@@ -122,9 +122,10 @@ def labelled_train_part(config):
     return x, given, true, fraction
 
 
-def measure(run, batch_size=500):
+def measure(run, batch_size=500, data_dir=None):
     """`fractions` of one finished run (a `reproduce.collect` entry), or `None`
-    when its `best.keras` is not on disk."""
+    when its `best.keras` is not on disk. `data_dir` replaces the run's own
+    (the same data in another place)."""
     import keras
 
     from bisam_keras.experiments import RunConfig
@@ -134,6 +135,8 @@ def measure(run, batch_size=500):
         return None
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=data_dir)
     x, given, true, fraction = labelled_train_part(config)
     model = keras.saving.load_model(path, compile=False)
     probabilities = model.predict(x, batch_size=batch_size, verbose=0)
@@ -216,6 +219,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default=reproduce.DEFAULTS["output"], help="the study's folder")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs", "results.md"))
+    p.add_argument("--data-dir", help="the CIFAR-10 folder, if not where the runs read it")
     return p
 
 
@@ -233,7 +237,7 @@ def main(argv=None):
     rows, skipped = [], []
     for run in runs:
         key = (run["noise"], run["method"], run["seed"])
-        row = measure(run)
+        row = measure(run, data_dir=args.data_dir)
         if row is None:
             row = saved.get(key)  # measured earlier, on a machine that had the model
         if row is None:

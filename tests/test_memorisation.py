@@ -108,6 +108,10 @@ def test_script_on_a_finished_run(tmp_path):
     # The report keeps the section; without best.keras the saved row is used.
     reproduce.main(["--report-only", "--output", config.output, "--docs", str(docs)])
     assert f"{100 * row['noisy_memorised']:.1f}%" in docs.read_text()
+    # --data-dir replaces the folder the run read its data from.
+    args = ["--output", config.output, "--docs", str(docs)]
+    with pytest.raises(ValueError, match="nowhere"):
+        memorisation.main([*args, "--data-dir", "/nowhere"])
     (Path(config.run_dir()) / "best.keras").unlink()
     memorisation.main(["--output", config.output, "--docs", str(docs)])
     assert json.loads((Path(config.output) / "memorisation.json").read_text()) == [row]
