@@ -257,7 +257,8 @@ TRAINING_OPTIONS = {
 
 
 def check_training_options(config):
-    """Raises `ValueError` naming the first invalid field of `TRAINING_OPTIONS` or `cutout`."""
+    """Raises `ValueError` naming the first invalid field of `TRAINING_OPTIONS`, `cutout`
+    or `verify`."""
     for name, choices in TRAINING_OPTIONS.items():
         value = getattr(config, name)
         if value not in choices:
