@@ -96,11 +96,7 @@ def _train_part(config):
     from bisam_keras import data as data_lib
 
     splits = data_lib.load(config.dataset, **reproduce.load_kwargs(config))
-    xs, ys = [], []
-    for x, y in splits.train:
-        xs.append(x.numpy())
-        ys.append(np.asarray(y.numpy()).reshape(-1))
-    x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+    x, y = reproduce.read_split(splits.train)
     order = sorted(range(len(x)), key=lambda i: x[i].tobytes())
     return x[order], y[order], splits.noisy_label_fraction
 

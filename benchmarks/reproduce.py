@@ -158,6 +158,18 @@ def load_kwargs(config):
     return kwargs
 
 
+def read_split(dataset):
+    """A batched `(image, label)` split read back whole: `(images, labels)`,
+    NumPy arrays in the dataset's order (labels int64, flattened)."""
+    import numpy as np
+
+    xs, ys = [], []
+    for x, y in dataset:
+        xs.append(x.numpy())
+        ys.append(np.asarray(y.numpy()).reshape(-1))
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
 def make_configs(
     data_dir,
     output,

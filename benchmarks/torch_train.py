@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reproduce import load_kwargs  # noqa: E402, F401  (torch-free; the slow CI test uses it)
+from reproduce import load_kwargs, read_split  # noqa: E402, F401  (torch-free)
 from torch_sam import SAM, disable_running_stats, enable_running_stats  # noqa: E402
 
 METHODS = ("sgd", "sam", "bisam-neglog", "bisam-tanh")
@@ -199,12 +199,8 @@ def keras_run_arrays(config):
         ("val", splits.validation),
         ("test", splits.test),
     ):
-        xs, ys = [], []
-        for x, y in dataset:
-            xs.append(x.numpy())
-            ys.append(np.asarray(y.numpy()).reshape(-1))
-        x = _to_uint8(np.concatenate(xs), splits.mean, splits.std)
-        y = np.concatenate(ys).astype(np.int64)
+        x, y = read_split(dataset)
+        x = _to_uint8(x, splits.mean, splits.std)
         if key == "train":
             order = sorted(range(len(x)), key=lambda i: (x[i].tobytes(), int(y[i])))
             x, y = x[order], y[order]
