@@ -16,6 +16,7 @@ output folder (nothing was run), 130 interrupted by Ctrl-C and 143 by SIGTERM
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -87,10 +88,17 @@ def _positive_int(text):
     return value
 
 
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _non_negative_float(text):
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -146,8 +154,8 @@ def _add_run_flags(parser, several):
     g.add_argument("--momentum", type=_non_negative_float)
     g.add_argument("--weight-decay", type=_non_negative_float)
     g.add_argument("--rho", type=_non_negative_float)
-    g.add_argument("--mu", type=float)
-    g.add_argument("--alpha", type=float)
+    g.add_argument("--mu", type=_finite_float)
+    g.add_argument("--alpha", type=_finite_float)
     g.add_argument("--eta", type=_non_negative_float)
     g.add_argument("--label-smoothing", type=_fraction)
     g.add_argument("--label-noise", type=_fraction)

@@ -1,6 +1,7 @@
 """`bisam-keras` end to end on small real data: train, resume, compare, report."""
 
 import json
+import math
 import os
 
 import keras
@@ -372,6 +373,15 @@ def test_verify_flag():
         (["--micro-batch-size", "48"], "--micro-batch-size must divide --batch-size"),
         (["--pretrained"], "--pretrained=True needs a model with pretrained weights"),
         (["--preset", "paper-finetune", "--model", "resnet20"], "'resnet20' has none"),
+        # Infinite and NaN values, refused by the flag's type.
+        (["--weight-decay", "inf"], "argument --weight-decay: must be a finite number >= 0"),
+        (["--rho", "inf"], "argument --rho: must be a finite number >= 0, got inf"),
+        (["--lr", "nan"], "argument --lr: must be a finite number >= 0, got nan"),
+        (["--momentum", "1e400"], "argument --momentum: must be a finite number >= 0"),
+        (["--mu", "inf"], "argument --mu: must be a finite number, got inf"),
+        (["--alpha=-inf"], "argument --alpha: must be a finite number, got -inf"),
+        # The protocol selects the epoch by validation accuracy: it needs a validation part.
+        (["--validation-fraction", "0"], "--validation-fraction must be in (0, 1)"),
     ],
 )
 def test_bad_run_flags_are_named(tmp_path, capsys, args, expected):
@@ -395,6 +405,22 @@ def test_bad_run_flags_are_named(tmp_path, capsys, args, expected):
         ({"model": "wrn28_2", "pretrained": True}, "Received: model='wrn28_2', pretrained=True"),
         ({"verify": "none"}, "must be one of ['records', 'full', None]. Received: verify='none'"),
         ({"verify": False}, "Received: verify=False"),
+        (
+            {"weight_decay": math.inf},
+            "`weight_decay` must be a finite number >= 0. Received: weight_decay=inf",
+        ),
+        ({"rho": math.inf}, "`rho` must be a finite number >= 0. Received: rho=inf"),
+        ({"lr": -0.1}, "`lr` must be a finite number >= 0. Received: lr=-0.1"),
+        ({"mu": math.nan}, "`mu` must be None or a finite number. Received: mu=nan"),
+        ({"global_clipnorm": math.inf}, "Received: global_clipnorm=inf"),
+        ({"alpha": -math.inf}, "`alpha` must be a finite number. Received: alpha=-inf"),
+        ({"label_noise": math.nan}, "Received: label_noise=nan"),
+        (
+            {"validation_fraction": 0.0},
+            "`validation_fraction` must be in (0, 1): the run "
+            "selects its epoch by validation accuracy. Received: validation_fraction=0.0",
+        ),
+        ({"validation_fraction": 1.0}, "Received: validation_fraction=1.0"),
     ],
 )
 def test_run_config_rejects_bad_values(fields, message):

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 import shutil
 import signal
@@ -100,7 +101,8 @@ class RunConfig:
             the (per-replica) batch, and the training split then drops its
             last partial batch of each epoch (`drop_remainder=True`).
             Defaults to `None`.
-        validation_fraction: held out for model selection. Defaults to `0.1`.
+        validation_fraction: held out for model selection, in `(0, 1)`.
+            Defaults to `0.1`.
         subset: use only this many training examples, or `None`. Defaults to `None`.
         data_dir: an offline TFRecord folder, or `None` for tfds. Defaults to `None`.
         tfds_dir: the tensorflow-datasets data dir. Defaults to `None`.
@@ -142,6 +144,9 @@ class RunConfig:
         model_variant: `"keras"` or `"authors"` (the paper's code's
             architecture and initialization; passed to
             `bisam_keras.models.build(..., variant=...)`). Defaults to `"keras"`.
+
+    Every float field must be finite (`FLOAT_SETTINGS`); `validate` raises a
+    `ValueError` naming the field otherwise.
 
     `config.json` records `None` for the settings the run does not use
     (`recorded_config`), and `--resume` compares the recorded settings.
@@ -219,10 +224,13 @@ class RunConfig:
                 f"keras.applications name or vit_b16), and {self.model!r} has none. "
                 f"Received: model={self.model!r}, pretrained=True"
             )
-        for name in ("lr", "rho"):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {name}={value!r}")
+        for name, minimum in FLOAT_SETTINGS.items():
+            _check_real(name, getattr(self, name), minimum)
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                "`validation_fraction` must be in (0, 1): the run selects its epoch by "
+                f"validation accuracy. Received: validation_fraction={self.validation_fraction!r}"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(
                 "`label_smoothing` must be in [0, 1). "
@@ -241,6 +249,28 @@ class RunConfig:
             )
         check_training_options(self)
         return self
+
+
+FLOAT_SETTINGS = {
+    **dict.fromkeys(("lr", "momentum", "weight_decay", "rho", "eta", "global_clipnorm"), 0.0),
+    **dict.fromkeys(("mu", "alpha", "label_smoothing", "label_noise", "validation_fraction")),
+    **dict.fromkeys(("swp_probability", "sds_fraction")),
+}
+"""The float fields of `RunConfig` and their lower bound (`None`: none); each must be finite."""
+OPTIONAL_SETTINGS = ("mu", "global_clipnorm")
+
+
+def _check_real(name, value, minimum=None):
+    """Raises `ValueError` naming `name` unless `value` is a finite number `>= minimum`."""
+    if value is None and name in OPTIONAL_SETTINGS:
+        return
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (minimum is not None and value < minimum):
+        optional = "None or " if name in OPTIONAL_SETTINGS else ""
+        bound = "" if minimum is None else f" >= {minimum:g}"
+        raise ValueError(
+            f"`{name}` must be {optional}a finite number{bound}. Received: {name}={value!r}"
+        )
 
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "none")
