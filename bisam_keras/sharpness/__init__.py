@@ -1,0 +1,62 @@
+"""Measures of sharpness and flatness of a trained model: `bk.sharpness`.
+
+```
+worst-case:    max_{||u|| <= rho} V(w + T u) - V(w)        (l2 / l-inf, adaptive, m-sharpness)
+average-case:  E_z V(w + sigma T z) - V(w),  z ~ N(0, I)
+Hessian:       top-k eigenvalues (power iteration, Lanczos), trace (Hutchinson)
+landscape:     V(w + a d_1 + b d_2) on a grid (Li et al., 2018)
+```
+
+`V` is any Keras loss, the cross-entropy, a BiSAM lower bound, or the 0-1
+loss (`objective="zero_one"`: the ascent follows the -log bound of the 0-1
+loss, the reported value is the measured error rate). Every measure takes a
+model, data (a `tf.data.Dataset` of `(x, y)` batches or arrays) and its
+settings, and returns a frozen result with the value, its spread, the
+settings and the cost in forward and backward passes.
+
+Conventions: BatchNorm in inference mode (`training=False`) unless
+`training=True` (batch statistics, updates dropped); no augmentation (the data
+are used as given); a fixed subset (`num_examples`, `seed`) and seeded NumPy
+draws, so two models are measured on the same examples and perturbations. No
+weight is ever written: the model is evaluated at `w + delta` by
+`model.stateless_call`.
+"""
+
+from bisam_keras.sharpness import objectives
+from bisam_keras.sharpness.average_case import average_case
+from bisam_keras.sharpness.data import Examples, select
+from bisam_keras.sharpness.hessian import (
+    hessian_eigenvalues,
+    hessian_trace,
+    hessian_vector_product,
+)
+from bisam_keras.sharpness.landscape import (
+    direction_between,
+    loss_landscape,
+    normalize_direction,
+    random_directions,
+)
+from bisam_keras.sharpness.objectives import Objective
+from bisam_keras.sharpness.plots import plot_landscape
+from bisam_keras.sharpness.results import HessianEigenvalues, LossLandscape, SharpnessResult
+from bisam_keras.sharpness.worst_case import worst_case
+
+__all__ = [
+    "Examples",
+    "HessianEigenvalues",
+    "LossLandscape",
+    "Objective",
+    "SharpnessResult",
+    "average_case",
+    "direction_between",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hessian_vector_product",
+    "loss_landscape",
+    "normalize_direction",
+    "objectives",
+    "plot_landscape",
+    "random_directions",
+    "select",
+    "worst_case",
+]
