@@ -4,7 +4,8 @@ A folder holds
 
 - `train-*.tfrecord` and `test-*.tfrecord`: shards, read in sorted file-name
   order (`write_tfrecord_folder` names them `{split}-00000-of-00004.tfrecord`, ...);
-- `classes.txt`: one class name per line, line `i` naming label `i`.
+- `classes.txt`: one class name per line, line `i` naming label `i` (from 0),
+  without blank lines between names or a name given twice.
 
 Each record is a `tf.train.Example` with two features: `image`, the encoded
 image as bytes (JPEG or PNG, any size, 1 or 3 channels) and `label`, an int64
@@ -43,12 +44,35 @@ def shard_paths(path, split):
 
 
 def read_class_names(path):
-    """The class names listed in `classes.txt` of the folder `path`."""
+    """The class names listed in `classes.txt` of the folder `path`.
+
+    Line `i` (from 1) names label `i - 1`, so a blank line between names, which
+    would shift every name after it, raises `DataError` naming the file and the
+    line; so does a name that repeats an earlier one. Blank lines at the end
+    are ignored; each name loses its surrounding spaces.
+    """
     file = os.path.join(path, "classes.txt")
     if not os.path.isfile(file):
         raise ValueError(f"`data_dir` must hold a `classes.txt`. Received: data_dir={path!r}")
     with open(file) as f:
-        return tuple(line.strip() for line in f if line.strip())
+        names = [line.strip() for line in f]
+    while names and not names[-1]:
+        names.pop()
+    first_line = {}
+    for line, name in enumerate(names, start=1):
+        if not name:
+            raise DataError(
+                f"{file}: line {line} is blank, but each line names the next label (line 1 "
+                "label 0), so every name after it would shift by one label: remove the "
+                "line or name the class"
+            )
+        if name in first_line:
+            raise DataError(
+                f"{file}: line {line} repeats {name!r} of line {first_line[name]}: each "
+                "label needs its own class name"
+            )
+        first_line[name] = line
+    return tuple(names)
 
 
 def _parse(record):
