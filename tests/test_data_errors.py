@@ -309,3 +309,95 @@ def test_command_line_reports_a_damaged_shard_in_one_line(tmp_path, real_records
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("bisam-keras train: error: ") and train_file in err, err
     assert not output.exists()  # nothing to --resume was left behind
+
+
+# --------------------------------------------------------------- classes.txt
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda names: names[:3] + [""] + names[3:], "line 4 is blank"),
+        (lambda names: names[:3] + ["  "] + names[3:], "line 4 is blank"),
+        (lambda names: names[:5] + [names[1]] + names[6:], "line 6 repeats 'automobile' of line 2"),
+    ],
+)
+def test_classes_txt_with_a_blank_or_repeated_line(tmp_path, real_records, edit, expected):
+    """A blank line would shift every class name after it by one label."""
+    folder, _, _ = _folder(tmp_path, *real_records)
+    classes = tmp_path / "classes.txt"
+    names = classes.read_text().splitlines()
+    classes.write_text("\n".join(edit(names)) + "\n")
+    message = _raises(str(classes), _load, folder)
+    assert expected in message, message
+
+
+def test_classes_txt_may_end_with_blank_lines(tmp_path, real_records):
+    folder, _, _ = _folder(tmp_path, *real_records)
+    classes = tmp_path / "classes.txt"
+    names = classes.read_text().splitlines()
+    classes.write_text("\r\n".join(names) + "\r\n\n  \n")
+    assert _load(folder).class_names == tuple(names)
+
+
+# --------------------------------------------------------------- image sizes
+
+
+def _png_example(height, width, channels, label=0):
+    image = tf.zeros([height, width, channels], tf.uint8) + 100
+    return _example(tf.io.encode_png(image).numpy(), label)
+
+
+def _jpeg_example(record, channels):
+    """`record`'s image decoded and re-encoded as a JPEG with `channels` channels."""
+    image, label = _fields(record)
+    pixels = tf.io.decode_jpeg(image, channels=channels)
+    return _example(tf.io.encode_jpeg(pixels).numpy(), label)
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("gray-jpeg", "is a 32x32x1 image, but"),
+        ("small-png", "is a 28x28x3 image, but"),
+    ],
+)
+def test_test_images_of_another_shape_are_found_before_training(
+    tmp_path, real_records, kind, expected
+):
+    """CIFAR-10 is not resized: a test image of another size or channel count
+    than the training images fails before training, naming the file and record."""
+    train, test = (list(r) for r in real_records)
+    test[4] = _jpeg_example(test[4], 1) if kind == "gray-jpeg" else _png_example(28, 28, 3)
+    folder, train_file, test_file = _folder(tmp_path, train, test)
+    for verify in ("records", "full"):
+        message = _raises(f"{test_file}: record 4 ", _load, folder, verify=verify)
+        assert expected in message and f"{train_file} record 0 is 32x32x3" in message, message
+
+
+@pytest.mark.parametrize("verify", ["records", "full"])
+def test_mixed_image_sizes_in_the_training_split_name_the_record(tmp_path, real_records, verify):
+    train, test = (list(r) for r in real_records)
+    train[9] = _png_example(30, 32, 3)
+    folder, train_file, _ = _folder(tmp_path, train, test)
+    message = _raises(f"{train_file}: record 9 is a 30x32x3 image, but", _load, folder,
+                      verify=verify)  # fmt: skip
+    assert "does not decode" not in message
+
+
+def test_command_line_refuses_mixed_shapes_before_training(tmp_path, real_records, capsys):
+    from bisam_keras import cli
+
+    train, test = (list(r) for r in real_records)
+    test[0] = _jpeg_example(test[0], 1)
+    (tmp_path / "data").mkdir()
+    folder, _, test_file = _folder(tmp_path / "data", train, test)
+    output = tmp_path / "runs"
+    argv = ["train", "--dataset", "cifar10", "--data-dir", folder, "--output", str(output)]
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--epochs", "1", "--batch-size", "16", "--verbose", "0"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"bisam-keras train: error: {test_file}: record 0 is a 32x32x1 image")
+    assert not output.exists()  # nothing to --resume was left behind

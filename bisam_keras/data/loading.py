@@ -15,7 +15,7 @@ from bisam_keras.data.pipeline import (
     check_drop_remainder,
 )
 from bisam_keras.data.tfds_source import load_tfds
-from bisam_keras.data.verify import check_level, tf_reason
+from bisam_keras.data.verify import check_image_shapes, check_level, tf_reason
 
 
 def _folder_key(data_dir):
@@ -28,7 +28,8 @@ def _naming_undecodable_images(data_dir, build):
 
     `verify="records"` checks each image's signature, not its whole content:
     an image with a valid header and broken data fails when the pipeline
-    first decodes it (the statistics pass over the training part).
+    first decodes it (the statistics pass over the training part); so does,
+    with `verify=None`, an image of another shape.
     """
 
     def wrapped(*args, **kwargs):
@@ -36,8 +37,11 @@ def _naming_undecodable_images(data_dir, build):
             return build(*args, **kwargs)
         except tf.errors.InvalidArgumentError as error:
             reason = tf_reason(error)
+            what = "does not decode"
+            if "is not compatible with expected shape" in reason:
+                what = "has another shape than the first training image"
             raise DataError(
-                f"{data_dir}: an image does not decode ({reason}); "
+                f"{data_dir}: an image {what} ({reason}); "
                 "`bisam_keras.data.load(..., verify='full')` (`bisam-keras --verify full`) "
                 "names its file and record"
             ) from None
@@ -124,7 +128,10 @@ def load(
         DataError: for unusable data, in one line naming the file (and the
             record): a truncated or corrupted shard, a record that lacks a
             feature or is not an image, a label outside `[0, num_classes)` in
-            any split, or a `subset` larger than the training set.
+            any split, a `classes.txt` with a blank or repeated line, images
+            of more than one shape where the dataset does not resize them
+            (CIFAR; checked with `verify`), or a `subset` larger than the
+            training set.
         DatasetUnavailableError: when tfds has neither the prepared dataset nor
             a way to download it (pass `data_dir=` instead).
 
@@ -166,6 +173,9 @@ def load(
     if data_dir is not None:
         train = read_tfrecord_folder(data_dir, "train", decode_images=False, verify=verify)
         test = read_tfrecord_folder(data_dir, "test", decode_images=False, verify=verify)
+        if spec.style == "small":
+            files = shard_paths(data_dir, "train") + shard_paths(data_dir, "test")
+            check_image_shapes(files, name, verify)
         class_names, key = read_class_names(data_dir), _folder_key(data_dir)
         decode_fn = lambda image: decode(image, channels)  # noqa: E731
     else:

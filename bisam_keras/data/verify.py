@@ -12,6 +12,13 @@ once and raises `DataError` (one line naming the file and the record) for
   PNG, GIF, BMP or WebP signature (`level="records"`), or it does not decode
   (`level="full"`, which decodes every image and costs far more).
 
+The scan also notes each image's shape, `(height, width, channels)`: from the
+header of a PNG or a JPEG (`level="records"`: a JPEG whose frame header lies
+beyond its first 4 KiB, and the other formats, go unchecked) or from the
+decoded image (`level="full"`). `check_image_shapes` then raises `DataError`
+for the first image whose shape differs from the others, for the datasets
+that use images at their stored size.
+
 Levels (`verify=` of `load` and `read_tfrecord_folder`):
 
 | level | checks | CIFAR-10 (60,000 images), 2-core AMD EPYC |
@@ -41,7 +48,11 @@ _SPEC = {
     "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "label": tf.io.FixedLenFeature([], tf.int64, default_value=_NO_LABEL),
 }
+_HEADER_BYTES = 4096  # read of each image at level "records": signature and size
+_JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF markers (not DHT, JPG, DAC)
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # by colour type; a palette's (3) depends on tRNS
 _VERIFIED = {}  # key -> number of records
+_SHAPES = {}  # (path, size, mtime, level) -> {shape: index of its first record}
 
 
 def check_level(verify):
@@ -66,6 +77,38 @@ def tf_reason(error):
 
 def _is_image(head):
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _jpeg_shape(data):
+    """`(height, width, channels)` from a JPEG's frame header, or `None` if not in `data`."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _JPEG_FRAMES:
+            height, width = (int.from_bytes(data[j : j + 2], "big") for j in (i + 5, i + 7))
+            return height, width, data[i + 9]
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def header_shape(head):
+    """`(height, width, channels)` of a PNG or JPEG from its first bytes, else `None`.
+
+    A palette PNG's channel count (3, or 4 with transparency) is `-1`, unknown.
+    """
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26:
+        width, height = (int.from_bytes(head[j : j + 4], "big") for j in (16, 20))
+        return height, width, _PNG_CHANNELS.get(head[25], -1)
+    if head.startswith(b"\xff\xd8\xff"):
+        return _jpeg_shape(head)
+    return None
 
 
 def _record_starts(file, stop):
@@ -160,8 +203,8 @@ def _check_batch(file, first, heads, labels, num_classes):
             )
 
 
-def _decoded_indices(file):
-    """Indices of the records of `file` whose image does not decode."""
+def _decoded_shapes(file):
+    """`(indices, shapes)` of the records of `file` whose image decodes, in order."""
 
     def decoded(index, record):
         image = tf.io.parse_single_example(record, _SPEC)["image"]
@@ -173,10 +216,23 @@ def _decoded_indices(file):
         .enumerate()
         .map(decoded, num_parallel_calls=tf.data.AUTOTUNE)
         .ignore_errors()
-        .map(lambda index, shape: index)
         .batch(_BATCH)
     )
-    return np.concatenate([np.zeros(0, np.int64)] + [b.numpy() for b in ok])
+    indices, shapes = [np.zeros(0, np.int64)], [np.zeros((0, 3), np.int32)]
+    for index, shape in ok:
+        indices.append(index.numpy())
+        shapes.append(shape.numpy())
+    return np.concatenate(indices), np.concatenate(shapes)
+
+
+def _first_of_each(shapes, first_index=0):
+    """`{shape: index}`: each shape of the rows of `shapes` (`None` rows skipped) and the
+    index of its first row, counted from `first_index`."""
+    found = {}
+    for index, shape in enumerate(shapes, start=first_index):
+        if shape is not None:
+            found.setdefault(tuple(int(n) for n in shape), index)
+    return found
 
 
 def verify_shard(file, num_classes=None, level="records"):
@@ -206,10 +262,10 @@ def verify_shard(file, num_classes=None, level="records"):
 
     def parse(records):
         example = tf.io.parse_example(records, _SPEC)
-        return tf.strings.substr(example["image"], 0, 12), example["label"]
+        return tf.strings.substr(example["image"], 0, _HEADER_BYTES), example["label"]
 
     raw = tf.data.TFRecordDataset(file).batch(_BATCH)
-    count = 0
+    count, shapes = 0, {}
     iterator = iter(raw)
     while True:
         try:
@@ -222,10 +278,14 @@ def verify_shard(file, num_classes=None, level="records"):
             heads, labels = parse(records)
         except tf.errors.InvalidArgumentError:
             raise _parse_error(file, count, records.numpy()) from None
-        _check_batch(file, count, heads.numpy().tolist(), labels.numpy(), num_classes)
+        heads = heads.numpy().tolist()
+        _check_batch(file, count, heads, labels.numpy(), num_classes)
+        for shape, index in _first_of_each(map(header_shape, heads), count).items():
+            shapes.setdefault(shape, index)
         count += len(labels)
     if level == "full":
-        failures = np.setdiff1d(np.arange(count), _decoded_indices(file))
+        indices, decoded = _decoded_shapes(file)
+        failures = np.setdiff1d(np.arange(count), indices)
         if failures.size:
             record = raw.unbatch().skip(int(failures[0])).take(1).get_single_element()
             image = tf.io.parse_single_example(record, _SPEC)["image"]
@@ -235,7 +295,9 @@ def verify_shard(file, num_classes=None, level="records"):
             except tf.errors.InvalidArgumentError as error:
                 reason = tf_reason(error)
             raise DataError(f"{file}: record {int(failures[0])}: `image` does not decode: {reason}")
+        shapes = {shape: int(indices[i]) for shape, i in _first_of_each(decoded).items()}
     _VERIFIED[key] = count
+    _SHAPES[key[:3] + (level,)] = shapes
     return count
 
 
@@ -246,3 +308,61 @@ def verify_shards(files, num_classes=None, level="records"):
         DataError: for the first bad record, naming its file and index.
     """
     return [verify_shard(file, num_classes, level) for file in files]
+
+
+def _shapes_of(file, level):
+    """`{shape: first record}` of `file` at `level` (a `"full"` scan covers `"records"`)."""
+    stat = os.stat(file)
+    key = (os.path.abspath(file), stat.st_size, stat.st_mtime_ns)
+    for known in (key + (level,), key + ("full",)):
+        if known in _SHAPES:
+            return _SHAPES[known]
+    verify_shard(file, None, level)
+    return _SHAPES[key + (level,)]
+
+
+def _shape_text(shape):
+    return "x".join("?" if n < 0 else str(n) for n in shape)
+
+
+def _compatible(a, b):
+    return all(x == y or x < 0 or y < 0 for x, y in zip(a, b))
+
+
+def check_image_shapes(files, dataset, level="records"):
+    """Raises `DataError` unless every image of `files` has one shape.
+
+    For the datasets whose images are used at their stored size (CIFAR), an
+    image of another height, width or channel count than the others would
+    stop the run at the first batch or evaluation that holds it. The shapes
+    are those `verify_shard` notes at `level` (see the module docstring).
+
+    Args:
+        files: the shards of every split, in order.
+        dataset: the dataset's name, for the message.
+        level: `"records"` or `"full"`; `None` checks nothing. Defaults to
+            `"records"`.
+
+    Raises:
+        DataError: naming the first image of another shape (its file and
+            record) and the image it differs from.
+    """
+    check_level(level)
+    if level is None:
+        return
+    seen = []
+    for file in files:
+        shapes = _shapes_of(file, level)
+        seen += sorted((index, file, shape) for shape, index in shapes.items())
+    known = [entry for entry in seen if min(entry[2]) >= 0]
+    if not known:
+        return
+    ref_index, ref_file, ref_shape = known[0]
+    for index, file, shape in seen:
+        if not _compatible(shape, ref_shape):
+            raise DataError(
+                f"{file}: record {index} is a {_shape_text(shape)} image, but {ref_file} record "
+                f"{ref_index} is {_shape_text(ref_shape)}: {dataset} uses images at their stored "
+                "size, so every image of the train and test shards needs the same height, "
+                "width and channels"
+            )
