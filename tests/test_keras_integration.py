@@ -1204,7 +1204,10 @@ def test_bisam_labels_out_of_range_raise():
     x, _ = make_data(8)
     y_bad = np.array([0, 1, 2, 3, 0, 1, 2, 5], np.int32)  # K = 3
     model = bk.SharpnessAwareModel(linear_inner())
-    model.compile(optimizer=bk.BiSAM(_sgd()), loss=_label_blind_loss, jit_compile=False)
+    # The loss does not tell logits from probabilities: say it.
+    model.compile(
+        optimizer=bk.BiSAM(_sgd(), from_logits=True), loss=_label_blind_loss, jit_compile=False
+    )
     with pytest.raises(tf.errors.InvalidArgumentError, match="label"):
         model.train_on_batch(x, y_bad)
     assert_same(weights(model), linear_params(), 0.0, "no update on bad labels")

@@ -252,43 +252,126 @@ def _fast_path(bound, mu):
     return 0 if mu < 1.0 else 1 if mu <= _TANH_UNSHIFTED_MAX_MU else 2
 
 
-def _labels(y_true, y_pred, from_logits):
-    """Integer labels from `y_true`, checked (outside XLA) against `y_pred`."""
+def _probability_checks(y_pred):
+    """Eager checks that probabilities lie in [0, 1] (compiled away under XLA)."""
+    p = tf.cast(y_pred, tf.float32)
+    return [
+        tf.debugging.assert_greater_equal(
+            p, 0.0, message="`y_pred` holds a probability < 0 with from_logits=False."
+        ),
+        tf.debugging.assert_less_equal(
+            p, 1.0, message="`y_pred` holds a probability > 1 with from_logits=False."
+        ),
+    ]
+
+
+def _check_label_shape(labels, y_pred, y_true_shape):
+    """A `ValueError` when the labels cannot be one per position of `y_pred`."""
+    want = y_pred.shape[:-1]
+    if labels.shape.rank is None or want.rank is None:
+        return
+    if labels.shape.rank != want.rank or not labels.shape[1:].is_compatible_with(want[1:]):
+        raise ValueError(
+            "`y_true` must hold one label per position of `y_pred`: integer labels of "
+            f"shape {want.as_list()} (or with a last axis of 1), or one-hot labels of "
+            f"shape {y_pred.shape.as_list()}. Received: y_true of shape "
+            f"{y_true_shape.as_list()} for y_pred of shape {y_pred.shape.as_list()}"
+        )
+
+
+def _labels(y_true, y_pred, from_logits, ignore_class=None):
+    """Integer labels, one per position of `y_pred` (shape `y_pred.shape[:-1]`).
+
+    Integer labels have the shape of `y_pred` without its class axis (or with
+    a class axis of 1); one-hot or soft labels have `y_pred`'s shape and give
+    their argmax. Outside XLA, labels outside `[0, K)` (but for
+    `ignore_class`) and probabilities outside `[0, 1]` raise.
+    """
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
     true_rank, pred_rank = y_true.shape.rank, y_pred.shape.rank
+    shape = y_true.shape
     if true_rank is not None and true_rank == pred_rank:
         if y_true.shape[-1] == 1:
             y_true = tf.squeeze(y_true, axis=-1)
         else:
             y_true = tf.argmax(y_true, axis=-1)
     labels = tf.cast(y_true, tf.int32)
+    _check_label_shape(labels, y_pred, shape)
+    checked = labels
+    if ignore_class is not None:
+        checked = tf.where(tf.equal(labels, ignore_class), tf.zeros_like(labels), labels)
     num_classes = tf.shape(y_pred, out_type=tf.int32)[-1]
     checks = [
         tf.debugging.assert_non_negative(
-            labels, message="`y_true` holds a label < 0; labels must be in [0, K)."
+            checked, message="`y_true` holds a label < 0; labels must be in [0, K)."
         ),
         tf.debugging.assert_less(
-            labels,
+            checked,
             num_classes,
             message="`y_true` holds a label >= K, the number of classes of `y_pred`.",
         ),
     ]
     if not from_logits:
-        checks += [
-            tf.debugging.assert_greater_equal(
-                tf.cast(y_pred, tf.float32),
-                0.0,
-                message="`y_pred` holds a probability < 0 with from_logits=False.",
-            ),
-            tf.debugging.assert_less_equal(
-                tf.cast(y_pred, tf.float32),
-                1.0,
-                message="`y_pred` holds a probability > 1 with from_logits=False.",
-            ),
-        ]
+        checks += _probability_checks(y_pred)
     with tf.control_dependencies(checks):
         return tf.identity(labels)
+
+
+def _binary_scores(y_true, y_pred, from_logits):
+    """Two-class scores `(0, z)` and labels for every entry of a binary output.
+
+    Each entry `z` of `y_pred` is one binary classifier's logit (or, with
+    `from_logits=False`, its probability `p`, whose log-probabilities
+    `(log(1 - p), log p)` have the same margin `z`). Labels are `y_true > 1/2`:
+    0/1 (or soft) labels as for `BinaryCrossentropy`, and -1/1 as for `Hinge`.
+    Rows with a label outside `[-1, 1]` or a probability outside `[0, 1]`
+    get NaN scores (and raise eagerly).
+
+    Returns:
+        `(scores, labels)`: float32 `(N, 2)` and int32 `(N,)`, `N` the number
+        of entries of `y_pred`.
+    """
+    y_true = tf.cast(tf.convert_to_tensor(y_true), tf.float32)
+    y_pred = tf.convert_to_tensor(y_pred)
+    if y_true.shape.rank is not None and y_pred.shape.rank is not None:
+        if y_true.shape.rank == y_pred.shape.rank - 1 and y_pred.shape[-1] == 1:
+            y_true = y_true[..., None]
+        if not y_true.shape.is_compatible_with(y_pred.shape):
+            raise ValueError(
+                "A binary output needs one label per score: `y_true` of the shape of "
+                f"`y_pred`. Received: y_true of shape {y_true.shape.as_list()} for y_pred "
+                f"of shape {y_pred.shape.as_list()}"
+            )
+    z = tf.reshape(tf.cast(y_pred, tf.float32), [-1])
+    y = tf.reshape(y_true, [-1])
+    bad_label = ~((y >= -1.0) & (y <= 1.0))
+    checks = [
+        tf.debugging.assert_equal(
+            tf.reduce_any(bad_label),
+            False,
+            message="`y_true` holds a label outside [-1, 1] for a binary output (one score "
+            "per example, or a binary loss): binary labels are 0/1 (or -1/1 for hinge).",
+        )
+    ]
+    if from_logits:
+        scores = tf.stack([tf.zeros_like(z), z], axis=-1)
+        bad = bad_label
+    else:
+        checks += _probability_checks(z)
+        eps = keras.config.epsilon()
+        scores = tf.stack(
+            [
+                tf.math.log(tf.clip_by_value(1.0 - z, eps, 1.0)),
+                tf.math.log(tf.clip_by_value(z, eps, 1.0)),
+            ],
+            axis=-1,
+        )
+        bad = bad_label | ~((z >= 0.0) & (z <= 1.0))
+    scores = tf.where(bad[:, None], tf.constant(float("nan")), scores)
+    with tf.control_dependencies(checks):
+        labels = tf.identity(tf.cast(y > 0.5, tf.int32))
+    return scores, labels
 
 
 def _check_positive(name, value):
@@ -299,33 +382,93 @@ def _check_positive(name, value):
     return float(value)
 
 
-def lower_bound(y_true, y_pred, bound="neglog", mu=None, alpha=0.1, from_logits=True):
-    """Per-example lower bound `Q_i` of the 0-1 loss, for either `phi`.
+def lower_bound(
+    y_true,
+    y_pred,
+    bound="neglog",
+    mu=None,
+    alpha=0.1,
+    from_logits=True,
+    binary=False,
+    ignore_class=None,
+):
+    """Lower bound `Q_i` of the 0-1 loss at every position, for either `phi`.
+
+    The class axis is the last one; every other axis is a position: an
+    example `(batch, K)`, a token `(batch, T, K)`, a pixel `(batch, H, W, K)`.
+    Positions are independent (the bound of each is computed alone).
+
+    A binary output, one score per position (`K = 1`, or `binary=True` for
+    several independent binary scores as with `BinaryCrossentropy`), is the
+    two-class problem with logits `(0, z)`, so that `Q` is exact for it.
 
     Args:
-        y_true: integer labels of shape `(batch,)` or `(batch, 1)`, or one-hot
-            (or soft) labels of shape `(batch, K)`, whose argmax is the class.
-        y_pred: logits (or probabilities, see `from_logits`) of shape `(batch, K)`.
+        y_true: integer labels of shape `y_pred.shape[:-1]` (or with a last
+            axis of 1), or one-hot (or soft) labels of `y_pred`'s shape, whose
+            argmax is the class. For a binary output: 0/1 (or soft, or -1/1)
+            labels of `y_pred`'s shape; a label counts as 1 above 1/2.
+        y_pred: logits (or probabilities, see `from_logits`) of shape
+            `(batch, ..., K)`.
         bound: `"neglog"` (Eq. 18) or `"tanh"` (Eq. 17). Defaults to `"neglog"`.
         mu: the log-sum-exp temperature `mu > 0`. Defaults to `1.5` for neglog
             and `10.0` for tanh (the paper's CIFAR values).
         alpha: the slope of the tanh bound, `alpha > 0`. Defaults to `0.1`.
         from_logits: whether `y_pred` holds logits. With `False`, `y_pred`
-            holds probabilities and the margins are `log p_j - log p_y`, equal
-            to the logit margins. Defaults to `True`.
+            holds probabilities (softmax, or sigmoid for a binary output) and
+            the margins are `log p_j - log p_y`, equal to the logit margins.
+            Defaults to `True`.
+        binary: treat every entry of `y_pred` as the score of its own binary
+            classifier (Keras' `BinaryCrossentropy` convention) and average
+            the entries' bounds over the last axis, as that loss does. A last
+            axis of size 1 is always binary. Defaults to `False`.
+        ignore_class: a label value whose positions get `Q_i = 0` and no
+            gradient (Keras' `SparseCategoricalCrossentropy(ignore_class=...)`),
+            or `None`. Defaults to `None`.
 
     Returns:
-        A float32 tensor of shape `(batch,)` with `Q_i <= 1{misclassified_i}`.
+        A float32 tensor of shape `y_pred.shape[:-1]` with
+        `Q_i <= 1{misclassified_i}`.
     """
     if bound not in DEFAULT_MU:
         raise ValueError(f"`bound` must be one of {sorted(DEFAULT_MU)}. Received: bound={bound!r}")
     mu = DEFAULT_MU[bound] if mu is None else _check_positive("mu", mu)
     alpha = _check_positive("alpha", alpha)
-    if not isinstance(from_logits, bool):
-        raise ValueError(f"`from_logits` must be a bool. Received: from_logits={from_logits!r}")
-    labels = _labels(y_true, y_pred, from_logits)
-    return _lower_bound_xla(
-        y_pred,
+    for name, value in (("from_logits", from_logits), ("binary", binary)):
+        if not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    if ignore_class is not None and (
+        not isinstance(ignore_class, numbers.Integral) or isinstance(ignore_class, bool)
+    ):
+        raise ValueError(
+            f"`ignore_class` must be None or an int. Received: ignore_class={ignore_class!r}"
+        )
+    y_pred = tf.convert_to_tensor(y_pred)
+    if y_pred.shape.rank is not None and y_pred.shape.rank < 2:
+        raise ValueError(
+            "`y_pred` must have a class axis: shape (batch, ..., K), K = 1 for a binary "
+            f"output. Received: y_pred of shape {y_pred.shape.as_list()}"
+        )
+    binary = binary or y_pred.shape[-1] == 1
+    if binary:
+        if ignore_class is not None:
+            raise ValueError(
+                "`ignore_class` applies to integer class labels, not to a binary output. "
+                f"Received: ignore_class={ignore_class!r} for y_pred of shape "
+                f"{y_pred.shape.as_list()}"
+            )
+        scores, labels = _binary_scores(y_true, y_pred, from_logits)
+        shape, from_logits, valid = tf.shape(y_pred), True, None
+    else:
+        labels = _labels(y_true, y_pred, from_logits, ignore_class)
+        shape = tf.shape(labels)
+        scores = tf.reshape(y_pred, tf.stack([-1, tf.shape(y_pred)[-1]]))
+        labels = tf.reshape(labels, [-1])
+        valid = None
+        if ignore_class is not None:
+            valid = tf.not_equal(labels, ignore_class)
+            labels = tf.where(valid, labels, tf.zeros_like(labels))
+    q = _lower_bound_xla(
+        scores,
         labels,
         tf.constant(mu, tf.float32),
         tf.constant(alpha, tf.float32),
@@ -333,6 +476,12 @@ def lower_bound(y_true, y_pred, bound="neglog", mu=None, alpha=0.1, from_logits=
         from_logits,
         _fast_path(bound, mu),
     )
+    if valid is not None:
+        q = tf.where(valid, q, tf.zeros_like(q))
+    q = tf.reshape(q, shape)
+    if binary:
+        q = tf.reduce_mean(q, axis=-1)
+    return q
 
 
 def neglog_lower_bound(y_true, y_pred, mu=1.5, from_logits=True):

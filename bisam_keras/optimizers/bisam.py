@@ -17,6 +17,7 @@ import inspect
 import keras
 
 from bisam_keras.losses import lower_bounds
+from bisam_keras.losses.classification import describe_loss, loss_name
 from bisam_keras.losses.losses import NegLogLowerBound, TanhLowerBound
 from bisam_keras.optimizers.sharpness_aware_optimizer import (
     SharpnessAwareOptimizer,
@@ -50,6 +51,13 @@ class BiSAM(SharpnessAwareOptimizer):
         mu: the log-sum-exp temperature, `> 0`. Defaults to `None`: `1.5`
             for neglog and `10.0` for tanh.
         alpha: the slope of the tanh bound, `> 0`. Defaults to `0.1`.
+        from_logits: whether the model's outputs are logits (`True`) or
+            probabilities (`False`), for the bound. Defaults to `None`: read
+            from the compiled loss of each output (`from_logits` of
+            `SparseCategoricalCrossentropy`, `BinaryCrossentropy`, ...), and
+            an error where the loss does not tell (a custom loss function).
+            Set it to use a custom classification loss; it may not contradict
+            a compiled Keras loss.
         adaptive: A-BiSAM's scale-invariant neighbourhood. Defaults to `False`.
         eta: A-BiSAM's offset in `T = |w| + eta`. Defaults to `0.0`.
         swp_probability: E-BiSAM's stochastic weight perturbation
@@ -93,6 +101,7 @@ class BiSAM(SharpnessAwareOptimizer):
         lower_bound="neglog",
         mu=None,
         alpha=0.1,
+        from_logits=None,
         adaptive=False,
         eta=0.0,
         swp_probability=1.0,
@@ -114,6 +123,12 @@ class BiSAM(SharpnessAwareOptimizer):
             mu = _check_number("mu", mu, 0.0, low_open=True)
             alpha = _check_number("alpha", alpha, 0.0, low_open=True)
         elif callable(lower_bound):
+            if from_logits is not None:
+                raise ValueError(
+                    "`from_logits` only applies to lower_bound='neglog' or 'tanh'; a custom "
+                    "lower bound reads the outputs itself. Received: "
+                    f"from_logits={from_logits!r} with lower_bound={lower_bound!r}"
+                )
             if mu is not None:
                 raise ValueError(
                     "`mu` only applies to lower_bound='neglog' or 'tanh'; configure a "
@@ -124,6 +139,10 @@ class BiSAM(SharpnessAwareOptimizer):
             raise ValueError(
                 "`lower_bound` must be 'neglog', 'tanh', a keras.losses.Loss or a "
                 f"callable. Received: lower_bound={lower_bound!r}"
+            )
+        if from_logits is not None and not isinstance(from_logits, bool):
+            raise ValueError(
+                f"`from_logits` must be None or a bool. Received: from_logits={from_logits!r}"
             )
         super().__init__(
             inner_optimizer,
@@ -142,15 +161,87 @@ class BiSAM(SharpnessAwareOptimizer):
         self.lower_bound = lower_bound
         self.mu = mu
         self.alpha = alpha
+        self.from_logits = from_logits
         if lower_bound == "neglog":
-            self._ascent_objective = NegLogLowerBound(mu=mu)
+            self._ascent_objective = NegLogLowerBound(mu=mu, from_logits=from_logits is not False)
         elif lower_bound == "tanh":
-            self._ascent_objective = TanhLowerBound(mu=mu, alpha=alpha)
+            self._ascent_objective = TanhLowerBound(
+                mu=mu, alpha=alpha, from_logits=from_logits is not False
+            )
         else:
             self._ascent_objective = lower_bound
 
+    def output_objective(self, loss, output=None):
+        """The lower bound `Q` of one model output compiled with `loss`.
+
+        The bound follows the loss: categorical or binary, logits or
+        probabilities, `ignore_class`, and the loss's reduction.
+
+        Args:
+            loss: the output's compiled loss (object, function or name), or
+                `None` for a model compiled without one.
+            output: the output's name, for messages. Defaults to `None`.
+
+        Returns:
+            A `NegLogLowerBound` or `TanhLowerBound`, or `None` for a custom
+            `lower_bound` (`ascent_loss` is then the objective).
+
+        Raises:
+            ValueError: for a regression loss, and for a loss that does not
+                tell logits from probabilities when `from_logits` is `None`.
+        """
+        if not isinstance(self.lower_bound, str):
+            return None
+        kind = describe_loss(loss) if loss is not None else None
+        where = "" if output is None else f" {output!r}"
+        name = "no loss" if loss is None else loss_name(loss)
+        if kind is not None and kind.kind == "regression":
+            raise ValueError(
+                "BiSAM's perturbation climbs a lower bound of the 0-1 loss, which needs "
+                f"class scores, and the output{where} is compiled with the regression loss "
+                f"{name}. Use `bisam_keras.SAM`, whose ascent follows the compiled loss "
+                "whatever it is, or give BiSAM the objective to climb, "
+                f"`BiSAM(lower_bound=<a loss>)`. Received: loss={name}"
+            )
+        from_logits = None if kind is None else kind.from_logits
+        if self.from_logits is not None:
+            if from_logits is not None and from_logits != self.from_logits:
+                raise ValueError(
+                    f"`from_logits`={self.from_logits} contradicts the loss of the "
+                    f"output{where}, {name}, which has from_logits={from_logits}. "
+                    f"Received: from_logits={self.from_logits}, loss={name}"
+                )
+            from_logits = self.from_logits
+        if from_logits is None:
+            raise ValueError(
+                f"BiSAM cannot tell from the loss of the output{where} whether it holds "
+                "logits or probabilities: compile with a Keras classification loss "
+                "(`SparseCategoricalCrossentropy(from_logits=...)`, "
+                "`BinaryCrossentropy(...)`, ...), or pass `BiSAM(from_logits=True)` (or "
+                "False) if the output holds class scores, or "
+                f"`BiSAM(lower_bound=<a loss>)`. Received: loss={name}"
+            )
+        reduction = getattr(loss, "reduction", None) if kind is not None else None
+        if reduction in (None, "none") or not isinstance(loss, keras.losses.Loss):
+            reduction = "sum_over_batch_size"
+        options = {
+            "mu": self.mu,
+            "from_logits": from_logits,
+            "binary": kind is not None and kind.kind == "binary",
+            "ignore_class": None if kind is None else kind.ignore_class,
+            "reduction": reduction,
+        }
+        if self.lower_bound == "neglog":
+            return NegLogLowerBound(**options)
+        return TanhLowerBound(alpha=self.alpha, **options)
+
     def ascent_loss(self, y_true, y_pred, sample_weight=None):
-        """`Q`: the batch mean of the lower bound, with sample weights."""
+        """`Q` of one `(batch, ..., K)` output, or the custom lower bound.
+
+        Called on its own, the built-in bound reads `y_pred` as logits unless
+        `from_logits=False`; inside `fit` the model uses `output_objective`,
+        which follows each output's compiled loss.
+        """
         objective = self._ascent_objective
         if isinstance(objective, keras.losses.Loss) or (
             "sample_weight" in inspect.signature(objective).parameters
@@ -161,6 +252,8 @@ class BiSAM(SharpnessAwareOptimizer):
     def ascent_losses_per_example(self, y_true, y_pred):
         """Per-example `Q_i` (or the custom objective's unreduced values)."""
         objective = self._ascent_objective
+        if hasattr(objective, "per_example"):
+            return objective.per_example(y_true, y_pred)
         if isinstance(objective, keras.losses.Loss):
             return objective.call(y_true, y_pred)
         return objective(y_true, y_pred)
@@ -170,7 +263,14 @@ class BiSAM(SharpnessAwareOptimizer):
         lower_bound = self.lower_bound
         if not isinstance(lower_bound, str):
             lower_bound = keras.saving.serialize_keras_object(lower_bound)
-        config.update({"lower_bound": lower_bound, "mu": self.mu, "alpha": self.alpha})
+        config.update(
+            {
+                "lower_bound": lower_bound,
+                "mu": self.mu,
+                "alpha": self.alpha,
+                "from_logits": self.from_logits,
+            }
+        )
         return config
 
     @classmethod

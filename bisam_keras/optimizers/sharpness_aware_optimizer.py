@@ -21,10 +21,11 @@ def _check_number(name, value, low, high=None, low_open=False, high_open=False):
         ok = value < high if high_open else value <= high
     if not ok:
         left = "(" if low_open else "["
-        right = ")" if high_open else "]"
+        right = ")" if high_open or high is None else "]"
         upper = "inf" if high is None else high
         raise ValueError(
-            f"`{name}` must be a number in {left}{low}, {upper}{right}. Received: {name}={value!r}"
+            f"`{name}` must be a finite number in {left}{low}, {upper}{right}. "
+            f"Received: {name}={value!r}"
         )
     return float(value)
 
@@ -147,6 +148,16 @@ class SharpnessAwareOptimizer(keras.optimizers.Optimizer):
         """A stateless seed that changes every step and survives save/load."""
         iterations = tf.cast(self.iterations, tf.int32)
         return tf.stack([tf.constant(self.seed % (2**31), tf.int32), iterations])
+
+    def output_objective(self, loss, output=None):
+        """The ascent objective of one model output compiled with `loss`.
+
+        `SharpnessAwareMixin.compile` asks for it once per output: a
+        `keras.losses.Loss` to climb for that output (weighted as the compiled
+        `loss_weights`), or `None` to use `ascent_loss` instead. Defaults to
+        `None`.
+        """
+        return None
 
     def ascent_loss(self, y_true, y_pred, sample_weight=None):
         """The ascent objective, or `None` to use the model's compiled loss."""

@@ -17,12 +17,15 @@ and the perturbed pass cannot touch BatchNorm statistics. With
 descent gradients are averaged.
 """
 
+import inspect
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from bisam_keras import perturbation as perturbation_lib
 from bisam_keras.optimizers.sharpness_aware_optimizer import SharpnessAwareOptimizer
+from bisam_keras.training import ascent_objective
 
 
 def _unscale_for_distribution(value):
@@ -139,7 +142,13 @@ class SharpnessAwareMixin:
     """
 
     def compile(self, optimizer="rmsprop", *args, **kwargs):
-        """Like `keras.Model.compile`; `optimizer` must be `SAM` or `BiSAM`."""
+        """Like `keras.Model.compile`; `optimizer` must be `SAM` or `BiSAM`.
+
+        The ascent objective is derived here from `loss` and `loss_weights`
+        (for BiSAM, the lower bound of each output, following its loss), so
+        that a loss the optimizer cannot climb is refused now, not at the
+        first step.
+        """
         sharpness_aware, _ = _split_optimizer(optimizer)
         if sharpness_aware is None:
             raise ValueError(
@@ -153,7 +162,15 @@ class SharpnessAwareMixin:
                 "`sync_perturbation`=True needs a tf.distribute strategy: build and "
                 "compile the model inside `strategy.scope()`. Received: no strategy"
             )
+        arguments = inspect.signature(keras.Model.compile).bind(self, optimizer, *args, **kwargs)
+        objective = ascent_objective.build(
+            sharpness_aware,
+            arguments.arguments.get("loss"),
+            arguments.arguments.get("loss_weights"),
+        )
         super().compile(optimizer, *args, **kwargs)
+        # Not tracked (plain attributes): neither is state of the model.
+        object.__setattr__(self, "_ascent_objective", objective)
         if getattr(self, "_perturbed_loss_tracker", None) is None:
             # Deliberately not tracked as a model metric: it has no meaning
             # in `evaluate()`, so it is logged by `train_step` alone.
@@ -169,10 +186,22 @@ class SharpnessAwareMixin:
             self.optimizer.build(self.trainable_variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None and not all(layer.built for layer in self._flatten_layers()):
+            # Keras' TensorFlow trainer builds an unbuilt model (a subclassed
+            # model, a Sequential without Input) at the first trace of
+            # `train_step`, by its first forward pass. This step needs the
+            # trainable variables before that pass: build from the first batch
+            # now, as Keras does under a strategy.
+            if data_batch is None:
+                for _, _, it in iterator:
+                    data_batch = next(it)
+                    break
+            self._symbolic_build(data_batch=data_batch)
+            return
         # Works around keras-team/keras#20585: Keras builds a distributed model
         # from `strategy.reduce("MEAN", batch)`, which MultiWorkerMirroredStrategy
         # cannot do eagerly. Any one replica's batch serves for the build.
-        strategy = getattr(self, "_distribute_strategy", None)
         if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             for _, _, it in iterator:
                 data_batch = tf.nest.map_structure(
@@ -260,9 +289,7 @@ class SharpnessAwareMixin:
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
                 )
             if sam.rho > 0.0:
-                ascent = sam.ascent_loss(y, y_pred, sample_weight)
-                if ascent is None:
-                    ascent = self._compiled_loss(x, y, y_pred, sample_weight)
+                ascent = self._ascent(x, y, y_pred, sample_weight)
             else:
                 ascent = loss
             if loss_scale is not None:
@@ -314,6 +341,23 @@ class SharpnessAwareMixin:
             gradients = [tf.where(finite, g, tf.cast(nan, g.dtype)) for g in gradients]
         return gradients, y_pred, state_updates, loss, perturbed_loss
 
+    def _ascent(self, x, y, y_pred, sample_weight):
+        """The ascent objective at `w`: per output (BiSAM's bounds), the
+        optimizer's own, or the compiled loss (SAM)."""
+        objective = getattr(self, "_ascent_objective", None)
+        if objective is not None:
+            return objective.value(y, y_pred, sample_weight, output_names=self._output_names())
+        ascent = self.sharpness_aware_optimizer.ascent_loss(y, y_pred, sample_weight)
+        if ascent is None:
+            ascent = self._compiled_loss(x, y, y_pred, sample_weight)
+        return ascent
+
+    def _output_names(self):
+        names = getattr(self, "output_names", None)
+        if names is None and hasattr(self, "inner_model"):
+            names = getattr(self.inner_model, "output_names", None)
+        return names
+
     def _compiled_loss(self, x, y, y_pred, sample_weight):
         """The compiled loss alone, without regularization (SAM's ascent objective)."""
         compiled = getattr(self, "_compile_loss", None)
@@ -323,14 +367,25 @@ class SharpnessAwareMixin:
         return compiled(y, y_pred, sample_weight)
 
     def _per_example_ascent(self, y, y_pred):
-        sam = self.sharpness_aware_optimizer
-        values = sam.ascent_losses_per_example(y, y_pred)
+        """The ascent objective of each example, `(batch,)` (ESAM's selection).
+
+        Per-position objectives (a segmenter's pixels) are averaged over each
+        example's positions.
+        """
+        objective = getattr(self, "_ascent_objective", None)
+        values = None
+        if objective is not None:
+            values = objective.per_example(y, y_pred, output_names=self._output_names())
+        else:
+            values = self.sharpness_aware_optimizer.ascent_losses_per_example(y, y_pred)
         if values is None:
             loss = keras.losses.get(self.loss) if isinstance(self.loss, str) else self.loss
             if isinstance(loss, keras.losses.Loss):
                 values = loss.call(y, y_pred)
             elif callable(loss):
                 values = loss(y, y_pred)
+        if values is not None and values.shape.rank is not None and values.shape.rank > 1:
+            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
         if values is None or values.shape.rank != 1:
             raise ValueError(
                 "`sds_fraction` < 1 needs a loss with one value per example (a "

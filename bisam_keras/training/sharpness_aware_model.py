@@ -46,9 +46,49 @@ class SharpnessAwareModel(SharpnessAwareMixin, keras.Model):
         return self.inner_model(inputs, training=training)
 
     def build(self, input_shape):
-        if not self.inner_model.built:
-            self.inner_model.build(input_shape)
+        inner = self.inner_model
+        if not inner.built:
+            if type(inner).build is not keras.layers.Layer.build:
+                inner.build(input_shape)  # Sequential, Functional, or its own build
+            else:
+                # A subclassed model without `build` builds by a (symbolic) call.
+                inner(keras.tree.map_shape_structure(keras.KerasTensor, input_shape))
         self.built = True
+
+    def export(
+        self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
+    ):
+        """Exports the model for inference, like `keras.Model.export`.
+
+        The serving signature is the inner model's inputs (their structure,
+        shapes and dtypes) when the inner model has them (Functional and
+        Sequential models); a subclassed inner model is exported from the
+        shapes of the first call, as Keras does.
+        """
+        if input_signature is None:
+            input_signature = self._inner_input_signature()
+        return super().export(
+            filepath,
+            format=format,
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
+        )
+
+    def _inner_input_signature(self):
+        """The inner model's inputs as Keras' `export` would read them, or `None`."""
+
+        def spec(tensor):
+            shape = (None,) + tuple(tensor.shape[1:])
+            return keras.InputSpec(shape=shape, dtype=tensor.dtype, name=tensor.name)
+
+        inner = self.inner_model
+        try:
+            if isinstance(inner, keras.Sequential):
+                return [spec(t) for t in inner.inputs]  # positional, as Keras exports it
+            return [keras.tree.map_structure(spec, inner.input)]
+        except (AttributeError, ValueError):
+            return None  # no symbolic inputs: the shapes of the first call serve
 
     def get_config(self):
         config = super().get_config()
