@@ -23,7 +23,7 @@ weight is ever written: the model is evaluated at `w + delta` by
 """
 
 from bisam_keras.sharpness import objectives
-from bisam_keras.sharpness.average_case import average_case
+from bisam_keras.sharpness.average import average_case
 from bisam_keras.sharpness.data import Examples, select
 from bisam_keras.sharpness.hessian import (
     hessian_eigenvalues,
@@ -39,7 +39,7 @@ from bisam_keras.sharpness.landscape import (
 from bisam_keras.sharpness.objectives import Objective
 from bisam_keras.sharpness.plots import plot_landscape
 from bisam_keras.sharpness.results import HessianEigenvalues, LossLandscape, SharpnessResult
-from bisam_keras.sharpness.worst_case import worst_case
+from bisam_keras.sharpness.worst import worst_case
 
 __all__ = [
     "Examples",

@@ -6,7 +6,6 @@ as a PNG when `path` is given.
 """
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from bisam_keras.sharpness import checks
 
@@ -41,6 +40,8 @@ def plot_landscape(landscape, quantity="loss", kind=None, path=None, levels=20, 
             f"2-D one. Received: kind={kind!r} for a {landscape.dims}-D landscape"
         )
     levels = checks.positive_int("levels", levels)
+    from matplotlib.figure import Figure  # here: `import bisam_keras` stays free of matplotlib
+
     values = np.asarray(getattr(landscape, quantity))
     label = QUANTITIES[quantity]
     figure = Figure(figsize=(5.5, 4.5), layout="constrained")
