@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import bisam_keras._tf_setup as _tf_setup  # noqa: F401  first: fast TensorFlow CPU defaults
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
-    from bisam_keras import data, experiments, losses, models, optimizers
+    from bisam_keras import callbacks, data, experiments, losses, models, optimizers, sharpness
     from bisam_keras.optimizers import SAM, BiSAM, SharpnessAwareOptimizer
     from bisam_keras.training import SharpnessAwareMixin, SharpnessAwareModel
 
@@ -39,11 +39,13 @@ __all__ = [
     "SharpnessAwareMixin",
     "SharpnessAwareModel",
     "SharpnessAwareOptimizer",
+    "callbacks",
     "data",
     "experiments",
     "losses",
     "models",
     "optimizers",
+    "sharpness",
 ]
 
 # Public name -> the module that defines it (None: the name is a subpackage).
@@ -53,11 +55,13 @@ _LAZY = {
     "SharpnessAwareOptimizer": "bisam_keras.optimizers",
     "SharpnessAwareMixin": "bisam_keras.training",
     "SharpnessAwareModel": "bisam_keras.training",
+    "callbacks": None,
     "data": None,
     "experiments": None,
     "losses": None,
     "models": None,
     "optimizers": None,
+    "sharpness": None,
 }
 
 
