@@ -9,9 +9,10 @@ bisam-keras report --output runs
 
 The arguments are parsed and the output folder is checked before TensorFlow
 is imported, so `--help`, `models` and mistakes answer at once. Exit status:
-0 done, 1 the data or a backup cannot be used, 2 bad flags, settings or
-output folder (nothing was run), 130 interrupted by Ctrl-C and 143 by SIGTERM
-(`--resume` continues).
+0 done; 1 the data or a run's files cannot be used; 2 bad flags, settings or
+output folder, or another process is running the run (nothing was run); 130
+interrupted by Ctrl-C and 143 by SIGTERM (`--resume` continues). Every error
+is one line.
 """
 
 import argparse
@@ -329,11 +330,19 @@ def make_configs(args, several=False):
 
 
 def _report(output):
-    from bisam_keras.experiments import plots, protocol, runner
+    from bisam_keras.experiments import plots, protocol, run_files
 
-    results = runner.load_results(output)
+    skipped = []
+    results = run_files.load_results(output, skipped)
+    histories = run_files.load_histories(output, skipped)
+    for message in skipped:
+        print(f"bisam-keras report: warning: {message}", file=sys.stderr, flush=True)
     if not results:
-        raise ValueError(f"`output` holds no finished runs (no result.json below {output!r}).")
+        unread = f", {len(skipped)} that cannot be read" if skipped else ""
+        raise ValueError(
+            f"`output` holds no finished runs to report (no readable result.json below "
+            f"{output!r}{unread})."
+        )
     tables = []
     for metric in ("test_accuracy", "test_top5_accuracy"):
         rows = protocol.aggregate(results, metric)
@@ -348,7 +357,7 @@ def _report(output):
         json.dump(
             {"runs": results, "summary": [r for _, rows in tables for r in rows]}, f, indent=2
         )
-    paths = plots.learning_curves(runner.load_histories(output), os.path.join(output, "plots"))
+    paths = plots.learning_curves(histories, os.path.join(output, "plots"))
     print(markdown)
     print(f"wrote {output}/results.md, results.csv, results.json and {len(paths)} plot(s)")
     return markdown
@@ -468,10 +477,7 @@ def main(argv=None):
         for config in configs:
             print(f"== {config.dataset} / {config.model} / {config.method} / seed {config.seed}")
             run_dir = config.run_dir()
-            finished = args.resume and os.path.exists(os.path.join(run_dir, "result.json"))
             result = runner.run(config, resume=args.resume)
-            if finished:
-                print(f"this run had already finished; its saved result ({run_dir}/result.json):")
             print(
                 f"best validation accuracy {100 * result['val_accuracy']:.2f}% at epoch "
                 f"{result['epoch']}/{result['epochs_run']}: test accuracy "
@@ -503,17 +509,19 @@ def main(argv=None):
 
 
 def _exit_code(error):
-    """1 for data and backups that cannot be used, 2 for bad settings, None otherwise."""
+    """1 for data and run files that cannot be used, 2 for bad settings and a run
+    that another process holds, None otherwise."""
     data = sys.modules.get("bisam_keras.data")
-    runner = sys.modules.get("bisam_keras.experiments.runner")
+    lock = sys.modules.get("bisam_keras.experiments.lock")
+    run_files = sys.modules.get("bisam_keras.experiments.run_files")
     unusable = [
         getattr(data, "DataError", None),
         getattr(data, "DatasetUnavailableError", None),
-        getattr(runner, "BackupError", None),
+        getattr(run_files, "RunFileError", None),
     ]
     if isinstance(error, tuple(kind for kind in unusable if kind is not None)):
         return 1
-    if isinstance(error, ValueError):
+    if isinstance(error, ValueError) or (lock and isinstance(error, lock.RunLockedError)):
         return 2
     return None
 

@@ -382,6 +382,9 @@ def test_verify_flag():
         (["--alpha=-inf"], "argument --alpha: must be a finite number, got -inf"),
         # The protocol selects the epoch by validation accuracy: it needs a validation part.
         (["--validation-fraction", "0"], "--validation-fraction must be in (0, 1)"),
+        # Splits that the protocol cannot use, found after loading, before training.
+        (["--subset", "5"], "--validation-fraction=0.1 of 5 training examples holds out no"),
+        (["--subset", "4", "--validation-fraction", "0.5"], "the test split of 'digits' is empty"),
     ],
 )
 def test_bad_run_flags_are_named(tmp_path, capsys, args, expected):

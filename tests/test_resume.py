@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import reference_run
 
 from bisam_keras import cli
 from bisam_keras.experiments import RunConfig, runner
@@ -135,3 +136,68 @@ def test_an_unreadable_backup_says_what_to_delete(tmp_path, capsys):
     assert len(lines) == 1 and "Traceback" not in err
     assert f"cannot read the backup {os.path.join(backup, 'latest.weights.h5')}" in err
     assert f"Delete the folder {backup} and rerun with --resume" in err
+
+
+# --------------------------------------------------------------------------- #
+# A run folder with committed work is never restarted or trained over.
+# --------------------------------------------------------------------------- #
+
+
+def _one_line(err):
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "finished, extra",
+    [
+        (False, ["--resume"]),
+        (False, []),
+        (True, ["--resume", "--lr", "0.5"]),
+        (True, []),
+    ],
+)
+def test_a_run_folder_without_config_json_is_never_trained_over(tmp_path, capsys, finished, extra):
+    """Without config.json the settings are unknown: an unfinished run is not restarted
+    at epoch 1 (dropping its backup), a finished one is not retrained (overwriting
+    result.json), and nothing prints "already finished"."""
+    ref = reference_run.reference()
+    run_dir = reference_run.copy_run(ref.finished if finished else ref.after_epoch_1, tmp_path)
+    os.remove(run_dir / "config.json")
+    before = reference_run.files(run_dir)
+    with pytest.raises(SystemExit) as info:
+        cli.main([*reference_run.ARGV, "--output", str(tmp_path), *extra])
+    assert info.value.code == 1
+    out, err = capsys.readouterr()
+    assert "already finished" not in out and "resuming" not in out
+    assert _one_line(err).startswith(f"bisam-keras train: error: {run_dir} holds a run's work (")
+    assert ("result.json" if finished else "backup/state.json") in err
+    assert "but no config.json" in err and "move the folder away" in err
+    assert reference_run.files(run_dir) == before
+
+
+def test_a_finished_run_without_result_json_is_not_trained_again(tmp_path, capsys):
+    ref = reference_run.reference()
+    run_dir = reference_run.copy_run(ref.finished, tmp_path)
+    os.remove(run_dir / "result.json")
+    before = reference_run.files(run_dir)
+    with pytest.raises(SystemExit) as info:
+        cli.main([*reference_run.ARGV, "--output", str(tmp_path), "--resume"])
+    assert info.value.code == 1
+    out, err = capsys.readouterr()
+    assert "resuming" not in out
+    assert f"cannot --resume the run in {run_dir}: it has finished epochs (best.keras, " in err
+    assert "2 epoch(s) in history.csv) but neither result.json nor backup/state.json" in err
+    assert _one_line(err) and reference_run.files(run_dir) == before
+
+
+def test_a_damaged_result_json_is_named_on_resume(tmp_path, capsys):
+    ref = reference_run.reference()
+    run_dir = reference_run.copy_run(ref.finished, tmp_path)
+    result = run_dir / "result.json"
+    result.write_bytes(result.read_bytes()[:40])  # cut short, as by a full disk
+    with pytest.raises(SystemExit) as info:
+        cli.main([*reference_run.ARGV, "--output", str(tmp_path), "--resume"])
+    assert info.value.code == 1
+    err = _one_line(capsys.readouterr().err)
+    assert f"error: {result} cannot be read: " in err

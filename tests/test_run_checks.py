@@ -295,3 +295,68 @@ def test_data_errors_are_one_line_exit_1(tmp_path, capsys, monkeypatch, kind):
         "bisam-keras train: error: train-00000-of-00005.tfrecord: record 7 does not decode\n"
     )
     assert not os.path.exists(tmp_path / "o")
+
+
+# --------------------------------------------------------------------------- #
+# report: a run whose files are damaged is skipped with a warning naming them.
+# --------------------------------------------------------------------------- #
+
+
+def test_report_skips_the_runs_whose_files_are_damaged_naming_each_file(tmp_path, capsys):
+    out = tmp_path / "runs"
+    good = {"dataset": "digits", "model": "resnet20", "method": "sam", "val_accuracy": 0.75,
+            "epoch": 2, "test_accuracy": 0.5}  # fmt: skip
+    history = json.dumps({"val_accuracy": [0.5, 0.75], "loss": [2.0, 1.0]})
+    runs = {
+        0: (json.dumps({**good, "seed": 0}), history),
+        1: (json.dumps({**good, "seed": 1})[:30], None),  # cut short, as by a full disk
+        2: ("", history),  # empty
+        3: (json.dumps(good), history),  # valid JSON without `seed`
+        4: (json.dumps({**good, "seed": 4, "test_accuracy": "high"}), None),
+        5: (json.dumps([good]), None),  # not an object
+        6: (json.dumps({**good, "seed": 6, "test_accuracy": 0.25}), history[:20]),
+    }
+    paths = {}
+    for seed, (result, history_text) in runs.items():
+        folder = out / "digits" / "resnet20" / "sam" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(result)
+        if history_text is not None:
+            (folder / "history.json").write_text(history_text)
+        paths[seed] = folder
+    assert cli.main(["report", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.splitlines()
+    expected = {
+        1: f"{paths[1] / 'result.json'} cannot be read: Expecting value: line 1 column 31",
+        2: f"{paths[2] / 'result.json'} cannot be read: Expecting value: line 1 column 1",
+        3: f"{paths[3] / 'result.json'} is not a run's result: it lacks 'seed'",
+        4: f"{paths[4] / 'result.json'} is not a run's result: 'test_accuracy' is 'high', not a",
+        5: f"{paths[5] / 'result.json'} is not a run's result: it holds a list, not a JSON object",
+        6: f"{paths[6] / 'history.json'} cannot be read: ",
+    }
+    assert len(warnings) == len(expected), warnings
+    for seed, message in expected.items():
+        (line,) = [w for w in warnings if str(paths[seed]) in w]
+        assert line.startswith(f"bisam-keras report: warning: {message}"), line
+        left_out = "plots" if seed == 6 else "report"
+        assert line.endswith(f"(the run is left out of the {left_out})"), line
+    report = json.loads((out / "results.json").read_text())
+    assert sorted(r["seed"] for r in report["runs"]) == [0, 6]
+    assert report["summary"][0]["mean"] == pytest.approx(0.375)
+    assert len(os.listdir(out / "plots")) == 1
+
+
+def test_report_with_only_damaged_runs_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "digits" / "resnet20" / "sam" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text("{")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["report", "--output", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"bisam-keras report: warning: {folder / 'result.json'} cannot be")
+    assert err[1] == (
+        "bisam-keras report: error: --output holds no finished runs to report (no readable "
+        f"result.json below {str(tmp_path)!r}, 1 that cannot be read)."
+    )

@@ -11,7 +11,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
     from bisam_keras.experiments.methods import METHODS, make_optimizer
     from bisam_keras.experiments.presets import PRESETS
     from bisam_keras.experiments.protocol import aggregate, best_epoch, markdown_table
-    from bisam_keras.experiments.runner import LinearWarmupDecay, RunConfig, load_results, run
+    from bisam_keras.experiments.run_files import load_results
+    from bisam_keras.experiments.runner import LinearWarmupDecay, RunConfig, run
 
 __all__ = [
     "LinearWarmupDecay",
@@ -35,7 +36,7 @@ _LAZY = {
     "markdown_table": "protocol",
     "LinearWarmupDecay": "runner",
     "RunConfig": "runner",
-    "load_results": "runner",
+    "load_results": "run_files",
     "run": "runner",
 }
 

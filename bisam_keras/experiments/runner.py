@@ -39,8 +39,11 @@ import tensorflow as tf
 from bisam_keras import data as data_lib
 from bisam_keras import models as models_lib
 from bisam_keras.data import verify as verify_lib
-from bisam_keras.experiments import folders, protocol
+from bisam_keras.experiments import folders, lock, protocol, run_files
 from bisam_keras.experiments import methods as methods_lib
+from bisam_keras.experiments.run_files import BackupError, read_state
+from bisam_keras.experiments.run_files import load_histories as load_histories
+from bisam_keras.experiments.run_files import load_results as load_results
 from bisam_keras.optimizers import EpochCosineDecay, SharpnessAwareOptimizer, TorchSGD
 from bisam_keras.training import SharpnessAwareModel
 
@@ -488,10 +491,6 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
-class BackupError(RuntimeError):
-    """A run's backup cannot be read; the message says what to delete."""
-
-
 @contextlib.contextmanager
 def _sigint_deferred():
     """Holds back Ctrl-C until the block is done, then raises `KeyboardInterrupt`."""
@@ -542,41 +541,6 @@ def _csv_value(value):
     return repr(float(value))
 
 
-def read_state(run_dir):
-    """The committed state of an unfinished run: `{epoch, weights, best_epoch,
-    best_value, best_model}` (`epoch` epochs done; file names in `backup/`), or
-    `None` if no epoch has been committed."""
-    backup = os.path.join(run_dir, "backup")
-    path = os.path.join(backup, "state.json")
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                state = json.load(f)
-            int(state["epoch"]), state["weights"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise BackupError(_unreadable(path, error, backup)) from None
-        return state
-    # A backup of keras.callbacks.BackupAndRestore, from before `state.json`.
-    metadata = os.path.join(backup, "training_metadata.json")
-    if os.path.exists(metadata) or os.path.exists(os.path.join(backup, "latest.weights.h5")):
-        try:
-            with open(metadata) as f:
-                epoch = int(json.load(f)["epoch"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise BackupError(_unreadable(metadata, error, backup)) from None
-        return {"epoch": epoch, "weights": "latest.weights.h5", "legacy": True}
-    return None
-
-
-def _unreadable(path, error, backup):
-    reason = " ".join(str(error).split()) or type(error).__name__
-    return (
-        f"cannot read the backup {path} ({reason}). Delete the folder {backup} and rerun "
-        "with --resume to train this run again from epoch 1 (its finished epochs are lost), "
-        "or delete the whole run folder to start over."
-    )
-
-
 class RunState(keras.callbacks.Callback):
     """History, best model and backup of a run, committed at each epoch end.
 
@@ -616,7 +580,7 @@ class RunState(keras.callbacks.Callback):
         try:
             self.model.load_weights(path)
         except Exception as error:  # h5py and Keras raise several types for one bad file
-            raise BackupError(_unreadable(path, error, self.backup)) from None
+            raise BackupError(run_files.unreadable(path, error, self.backup)) from None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
@@ -843,40 +807,80 @@ def run(config, resume=False, callbacks=()):
     Raises:
         RunInterrupted: on `KeyboardInterrupt` (Ctrl-C) during training; the
             run resumes from its last finished epoch.
+        lock.RunLockedError: another process is running this run (it holds
+            the run folder's lock, `<run>/.lock`); nothing was changed.
+        run_files.RunFileError: the run folder holds committed work that this
+            call would train over (no `config.json`; or, resumed, neither
+            `result.json` nor a backup), or a file of it is damaged.
         BackupError: the backup to resume from cannot be read.
     """
     config.validate()
     folders.check_output(config.output)
+    with lock.hold(config.run_dir()):
+        return _run_locked(config, resume, callbacks)
+
+
+def _resume_point(config, resume):
+    """`(result, state, rows)` of the run folder: the saved result of a
+    finished run, else the committed state (`None` if none) and its
+    `history.csv` rows to continue from."""
+    run_dir = config.run_dir()
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        run_files.check_no_work(run_dir)
+        return None, None, []
+    if not resume:
+        raise ValueError(
+            f"`output` already holds this run ({run_dir}); pass --resume to continue "
+            "it or choose another --output."
+        )
+    check_resumable(config)
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path):
+        return run_files.read_result(result_path, run_files.PRINTED), None, []
+    state = read_state(run_dir)
+    legacy = bool(state and state.get("legacy"))
+    done = state["epoch"] if state else 0
+    rows = history_rows(os.path.join(run_dir, "history.csv"), 0 if legacy else 1)
+    if not state:
+        run_files.check_nothing_finished(run_dir, len(rows))
+        print("resuming at epoch 1: no epoch of this run had finished", flush=True)
+        return None, None, []
+    rows = [r for r in rows if r["epoch"] <= done]
+    if legacy:
+        best = protocol.best_epoch(_columns(rows)) + 1 if rows else None
+        state["best_epoch"], state["best_model"] = best, None
+        state["best_value"] = _monitor_value(rows[best - 1]) if rows else None
+    install_best(run_dir, state)
+    weights = os.path.join(run_dir, "backup", state["weights"])
+    print(f"resuming at epoch {done + 1}, from {weights}", flush=True)
+    return None, state, rows
+
+
+def _check_splits(config, splits):
+    """Raises `ValueError` if the protocol would fail after training: it selects
+    the epoch by validation accuracy and reports test accuracy."""
+    if splits.num_validation == 0:
+        raise ValueError(
+            f"`validation_fraction`={config.validation_fraction} of {splits.num_train} "
+            "training examples holds out no validation example, and the run selects its "
+            f"epoch by validation accuracy. Received: subset={config.subset}"
+        )
+    if splits.num_test == 0:
+        raise ValueError(
+            f"the test split of {config.dataset!r} is empty (a `subset` below 5 keeps "
+            f"none of it), and the run reports test accuracy. Received: subset={config.subset}"
+        )
+
+
+def _run_locked(config, resume, callbacks):
     run_dir = config.run_dir()
     config_path = os.path.join(run_dir, "config.json")
     result_path = os.path.join(run_dir, "result.json")
     history_path = os.path.join(run_dir, "history.csv")
-    state, rows = None, []
-    if os.path.exists(config_path):
-        if not resume:
-            raise ValueError(
-                f"`output` already holds this run ({run_dir}); pass --resume to continue "
-                "it or choose another --output."
-            )
-        check_resumable(config)
-        if os.path.exists(result_path):
-            with open(result_path) as f:
-                return json.load(f)
-        state = read_state(run_dir)
-        legacy = bool(state and state.get("legacy"))
-        done = state["epoch"] if state else 0
-        rows = [r for r in history_rows(history_path, 0 if legacy else 1) if r["epoch"] <= done]
-        if legacy:
-            best = protocol.best_epoch(_columns(rows)) + 1 if rows else None
-            state["best_epoch"], state["best_model"] = best, None
-            state["best_value"] = _monitor_value(rows[best - 1]) if rows else None
-        if state:
-            install_best(run_dir, state)
-            weights = os.path.join(run_dir, "backup", state["weights"])
-            print(f"resuming at epoch {done + 1}, from {weights}", flush=True)
-        else:
-            _remove(os.path.join(run_dir, "best.keras"))
-            print("resuming at epoch 1: no epoch of this run had finished", flush=True)
+    result, state, rows = _resume_point(config, resume)
+    if result is not None:
+        print(f"this run had already finished; its saved result ({result_path}):", flush=True)
+        return result
 
     keras.utils.set_random_seed(config.seed)
     # mSAM needs every training batch to be whole: drop each epoch's remainder.
@@ -896,6 +900,7 @@ def run(config, resume=False, callbacks=()):
         stats_from=config.stats_from,
         verify=config.verify,
     )
+    _check_splits(config, splits)
     train, validation, test = _one_hot(splits)
     if drop_remainder:
         steps_per_epoch = splits.num_train // config.batch_size
@@ -933,10 +938,10 @@ def run(config, resume=False, callbacks=()):
             metrics=metrics,
             jit_compile=config.jit_compile,
         )
-    # The folder is created once the data and the model are there: a run
-    # that cannot start (no data, no weights) leaves nothing to --resume.
+    # config.json is written once the data and the model are there: a run that
+    # cannot start (no data, no weights) leaves nothing to --resume (and the run
+    # folder that the lock created, still empty, goes again).
     if not os.path.exists(config_path):
-        os.makedirs(run_dir, exist_ok=True)
         _write_atomically(config_path, json.dumps(recorded_config(config), indent=2))
     run_state = RunState(run_dir, state, rows)
     fit_callbacks = [
@@ -985,7 +990,8 @@ def run(config, resume=False, callbacks=()):
 
 def check_resumable(config):
     """Raises `ValueError` listing each setting of `config` that differs from
-    its run's `config.json` (`config_differences`), in one line."""
+    its run's `config.json` (`config_differences`), in one line, and
+    `run_files.RunFileError` if `config.json` cannot be read."""
     run_dir = config.run_dir()
     path = os.path.join(run_dir, "config.json")
     try:
@@ -994,9 +1000,9 @@ def check_resumable(config):
         if not isinstance(saved, dict) or "method" not in saved:
             raise ValueError("not a run configuration")
     except (OSError, ValueError) as error:
-        raise ValueError(
-            f"cannot --resume the run in {run_dir}: its config.json cannot be read ({error}). "
-            "Choose another --output for a new run."
+        raise run_files.RunFileError(
+            f"cannot --resume the run in {run_dir}: its config.json cannot be read "
+            f"({' '.join(str(error).split())}). Choose another --output for a new run."
         ) from None
     differences = config_differences(saved, config)
     if not differences:
@@ -1022,25 +1028,3 @@ def _columns(rows):
 def _monitor_value(row, monitor="val_accuracy"):
     value = row.get(monitor, math.nan)
     return -math.inf if math.isnan(value) else value
-
-
-def load_results(output):
-    """Every `result.json` below `output`."""
-    results = []
-    for root, _, files in os.walk(output):
-        if "result.json" in files:
-            with open(os.path.join(root, "result.json")) as f:
-                results.append(json.load(f))
-    return results
-
-
-def load_histories(output):
-    """`{(dataset, model, method, seed): history}` for every finished run."""
-    histories = {}
-    for root, _, files in os.walk(output):
-        if "result.json" in files and "history.json" in files:
-            with open(os.path.join(root, "result.json")) as f:
-                r = json.load(f)
-            with open(os.path.join(root, "history.json")) as f:
-                histories[(r["dataset"], r["model"], r["method"], r["seed"])] = json.load(f)
-    return histories
