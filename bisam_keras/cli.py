@@ -9,7 +9,9 @@ bisam-keras report --output runs
 
 The arguments are parsed and the output folder is checked before TensorFlow
 is imported, so `--help`, `models` and mistakes answer at once. Exit status:
-0 done; 1 the data or a run's files cannot be used; 2 bad flags, settings or
+0 done; 1 the data or a run's files cannot be used, a file cannot be written
+(a full disk: `--resume` continues once there is space) or the training loss
+became NaN or infinite (no result is written); 2 bad flags, settings or
 output folder, or another process is running the run (nothing was run); 130
 interrupted by Ctrl-C and 143 by SIGTERM (`--resume` continues). Every error
 is one line.
@@ -509,15 +511,18 @@ def main(argv=None):
 
 
 def _exit_code(error):
-    """1 for data and run files that cannot be used, 2 for bad settings and a run
-    that another process holds, None otherwise."""
+    """1 for data, run files or a disk that cannot be used and for a diverged
+    run, 2 for bad settings and a run that another process holds, None otherwise."""
     data = sys.modules.get("bisam_keras.data")
+    faults = sys.modules.get("bisam_keras.experiments.faults")
     lock = sys.modules.get("bisam_keras.experiments.lock")
     run_files = sys.modules.get("bisam_keras.experiments.run_files")
     unusable = [
         getattr(data, "DataError", None),
         getattr(data, "DatasetUnavailableError", None),
         getattr(run_files, "RunFileError", None),
+        getattr(faults, "RunWriteError", None),
+        getattr(faults, "TrainingDiverged", None),
     ]
     if isinstance(error, tuple(kind for kind in unusable if kind is not None)):
         return 1

@@ -1,9 +1,11 @@
 """Real signals sent to a real `bisam-keras train`: Ctrl-C ends with one line
 and exit 130 (SIGTERM: 143); a SIGKILL at any moment leaves a run that `--resume` finishes."""
 
+import functools
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import time
@@ -14,7 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ("cuInit", "oneDNN custom operations", "absl::InitializeLog", "Traceback")
 
 
-def _start(output, *extra):
+def _start(output, *extra, limit=None):
+    """`bisam-keras train` of a small run in a new process; `limit`: a
+    `resource.setrlimit(*limit)` for it, such as a file-size limit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     argv = ["bisam-keras", "train", "--subset", "300", "--batch-size", "64", "--method", "sgd",
@@ -26,16 +30,18 @@ def _start(output, *extra):
         text=True,
         env=env,
         cwd=ROOT,
-        preexec_fn=_default_sigint,
+        preexec_fn=functools.partial(_default_sigint, limit),
     )
 
 
-def _default_sigint():
+def _default_sigint(limit=None):
     # A shell without job control starts background commands (`cmd &`, as a CI
     # script may run pytest) with SIGINT ignored, and a program inherits that: Python
     # then installs no KeyboardInterrupt handler. A user's terminal delivers Ctrl-C;
     # so must the test, whatever started pytest.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if limit is not None:
+        resource.setrlimit(*limit)
 
 
 def _wait_for(path, process, timeout=600, interval=0.005):

@@ -39,7 +39,7 @@ import tensorflow as tf
 from bisam_keras import data as data_lib
 from bisam_keras import models as models_lib
 from bisam_keras.data import verify as verify_lib
-from bisam_keras.experiments import folders, lock, protocol, run_files
+from bisam_keras.experiments import faults, folders, lock, protocol, run_files
 from bisam_keras.experiments import methods as methods_lib
 from bisam_keras.experiments.run_files import BackupError, read_state
 from bisam_keras.experiments.run_files import load_histories as load_histories
@@ -513,13 +513,15 @@ def _fsync(path):
 
 
 def _write_atomically(path, text):
-    """Writes `text` to `path` through a new file that replaces it at once."""
+    """Writes `text` to `path` through a new file that replaces it at once
+    (`faults.RunWriteError` if it cannot be written)."""
     partial = path + ".partial"
-    with open(partial, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    with faults.writing(path):
+        with open(partial, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
 
 
 def history_text(rows):
@@ -592,7 +594,8 @@ class RunState(keras.callbacks.Callback):
             self._commit(done, logs)
 
     def _commit(self, done, logs):
-        os.makedirs(self.backup, exist_ok=True)
+        with faults.writing(self.backup):
+            os.makedirs(self.backup, exist_ok=True)
         previous = self.state or {}
         value = logs.get(self.monitor)
         value = -math.inf if value is None or math.isnan(value) else float(value)
@@ -606,14 +609,16 @@ class RunState(keras.callbacks.Callback):
         if state["best_epoch"] is None or value > state["best_value"]:
             state.update(best_epoch=done, best_value=value, best_model=f"best-{done}.keras")
             path = os.path.join(self.backup, state["best_model"])
-            self.model.save(path)
-            _fsync(path)
+            with faults.writing(path):
+                self.model.save(path)
+                _fsync(path)
         self.rows = [r for r in self.rows if r["epoch"] < done]
         self.rows.append({"epoch": done, **logs})
         _write_atomically(os.path.join(self.run_dir, "history.csv"), history_text(self.rows))
         path = os.path.join(self.backup, state["weights"])
-        self.model.save_weights(path)
-        _fsync(path)
+        faults.save_weights(self.model, path)
+        with faults.writing(path):
+            _fsync(path)
         _write_atomically(os.path.join(self.backup, "state.json"), json.dumps(state, indent=2))
         self.state = state
         self.epoch = done + 1
@@ -635,13 +640,14 @@ def install_best(run_dir, state):
     if os.path.exists(target) and os.path.samefile(source, target):
         return
     partial = target + ".partial"
-    _remove(partial)
-    try:
-        os.link(source, partial)
-    except OSError:
-        shutil.copyfile(source, partial)
-        _fsync(partial)
-    os.replace(partial, target)
+    with faults.writing(target):
+        _remove(partial)
+        try:
+            os.link(source, partial)
+        except OSError:
+            shutil.copyfile(source, partial)
+            _fsync(partial)
+        os.replace(partial, target)
 
 
 def _remove(path):
@@ -813,6 +819,10 @@ def run(config, resume=False, callbacks=()):
             call would train over (no `config.json`; or, resumed, neither
             `result.json` nor a backup), or a file of it is damaged.
         BackupError: the backup to resume from cannot be read.
+        faults.RunWriteError: a file of the run could not be written (a full
+            disk); its committed epochs are intact.
+        faults.TrainingDiverged: the training loss became NaN or infinite;
+            the epoch was not committed and no result was written.
     """
     config.validate()
     folders.check_output(config.output)
@@ -946,6 +956,7 @@ def _run_locked(config, resume, callbacks):
     run_state = RunState(run_dir, state, rows)
     fit_callbacks = [
         splits.epoch_callback(),
+        faults.StopOnNonFiniteLoss(run_dir),
         TestEvaluation(test),
         run_state,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
