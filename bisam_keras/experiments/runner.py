@@ -11,13 +11,18 @@ A run lives in `<output>/<dataset>/<model>/<method>/seed<seed>/`:
 - `backup/`: the state that `--resume` continues from, removed when the run
   finishes;
 - `result.json`: the protocol's result, the test metrics of the epoch with the
-  best validation accuracy.
+  best validation accuracy;
+- `.lock`: while a process runs the run, the lock it holds (`lock.hold`), so
+  that no second process trains the same run.
 
 Each epoch ends with one commit (`RunState`): the best model if it improved,
 `history.csv`, the weights and optimizer state, then `backup/state.json`,
 each written to a new file that replaces the old one at once. A run killed at
 any moment therefore resumes from its last committed epoch, with
-`history.csv` and `best.keras` cut back to that epoch.
+`history.csv` and `best.keras` cut back to that epoch. A write that fails (a
+full disk) or a training loss that becomes non-finite ends the run the same
+way (`faults`), and what the folder holds is checked before it is used
+(`run_files`): committed work is never trained over.
 """
 
 import contextlib
