@@ -12,10 +12,15 @@ writing anything leaves nothing behind).
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; msvcrt's byte-range lock serves the same end
+    fcntl = None
+    import msvcrt
 
 LOCK_NAME = ".lock"
 
@@ -78,7 +83,7 @@ def _acquire(path, run_dir):
         except FileNotFoundError:  # another process removed an empty run folder meanwhile
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(fd)
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
@@ -94,6 +99,17 @@ def _acquire(path, run_dir):
         os.close(fd)  # the holder removed this file as it let go: lock the new one
 
 
+def _lock(fd):
+    """An exclusive, non-blocking lock on `fd`; `BlockingIOError` if another process has it."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as error:
+        raise BlockingIOError(str(error)) from None
+
+
 def _is_at(fd, path):
     try:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -104,7 +120,8 @@ def _is_at(fd, path):
 def _holder(fd):
     """`'PID 123 on host h'` from the lock file, or `'PID unknown'` before it is written."""
     try:
-        holder = json.loads(os.pread(fd, 4096, 0))
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = json.loads(os.read(fd, 4096))
         return f"PID {int(holder['pid'])} on host {holder['host']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "PID unknown"
