@@ -13,9 +13,9 @@ sigma^2 tr(T A T) / 2` at any `w`.
 
 import numpy as np
 
-from bisam_keras.sharpness import balls, checks, objectives
+from bisam_keras.sharpness import balls, checks, evaluation, objectives
 from bisam_keras.sharpness import data as data_lib
-from bisam_keras.sharpness.evaluation import Evaluator, weighted_mean, weights
+from bisam_keras.sharpness.evaluation import weighted_mean, weights
 from bisam_keras.sharpness.results import SharpnessResult, standard_error
 
 
@@ -71,7 +71,7 @@ def average_case(
     training = checks.boolean("training", training)
     goal = objectives.get(objective, model)
     examples = data_lib.select(data, num_examples, seed)
-    evaluator = Evaluator(model, goal, examples, training=training)
+    evaluator = evaluation.evaluator(model, objective, examples, training=training)
     batches = examples.batches(batch_size)
     sizes = [len(y) for _, y in batches]
     zeros = evaluator.zeros()

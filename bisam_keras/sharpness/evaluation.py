@@ -7,6 +7,12 @@ returns are dropped. Its compiled functions take the batch with its first axis
 left open and the perturbation as arguments, so nothing retraces per batch,
 grid point or iteration; `w` is read from the variables at each call, so an
 evaluator follows the weights during `fit`.
+
+`evaluator(model, objective, examples)` keeps one `Evaluator` per (model,
+objective, training mode, example and weight shapes) on the model itself, so
+that the measures called again on one model (by `SharpnessMonitor` every
+epoch, or one measure after another) reuse its compiled functions instead of
+tracing them anew.
 """
 
 import inspect
@@ -35,6 +41,59 @@ def measured_model(model):
 def weights(model):
     """The trainable weights of `measured_model(model)` as float64 NumPy arrays."""
     return [np.asarray(v, np.float64) for v in measured_model(model).trainable_variables]
+
+
+_CACHE_ATTRIBUTE = "_bisam_keras_sharpness_evaluators"
+"""The attribute of a measured model that holds its cached evaluators."""
+
+
+def _objective_key(objective):
+    """A hashable key for `objective` as a measure receives it (a name, or the object)."""
+    if objective is None or isinstance(objective, str):
+        return ("name", objective)
+    return ("object", id(objective))
+
+
+def evaluator(model, objective, examples, training=False):
+    """The cached `Evaluator` of `model` for `objective`, `examples`' shapes and `training`.
+
+    Args:
+        model: the measured `keras.Model` (a `SharpnessAwareModel` is unwrapped).
+        objective: what the measure received as `objective` (see `objectives.get`).
+        examples: the `data.Examples` whose shapes (all but the batch axis) and
+            dtypes fix the compiled signature.
+        training: the model's mode. Defaults to `False`.
+
+    Returns:
+        An `Evaluator`, built on the first call and reused by every later call
+        with the same key (the key of `objective=None` includes the compiled
+        loss, so recompiling the model with another loss builds a new one).
+    """
+    inner = measured_model(model)
+    if objective is None:
+        anchor = getattr(model, "loss", None)
+        key = ("compiled", id(anchor))
+    else:
+        anchor = objective
+        key = _objective_key(objective)
+    key += (
+        bool(training),
+        tuple(examples.x.shape[1:]),
+        str(examples.x.dtype),
+        tuple(examples.y.shape[1:]),
+        str(examples.y.dtype),
+        tuple(id(v) for v in inner.trainable_variables),
+    )
+    # Set past Keras' attribute tracking: the cache is not part of the model's state.
+    cache = inner.__dict__.get(_CACHE_ATTRIBUTE)
+    if cache is None:
+        cache = {}
+        object.__setattr__(inner, _CACHE_ATTRIBUTE, cache)
+    if key not in cache:
+        # `anchor` keeps the object alive, so its id is not reused while cached.
+        goal = objectives.get(objective, model)
+        cache[key] = (anchor, Evaluator(model, goal, examples, training=training))
+    return cache[key][1]
 
 
 class Evaluator:

@@ -19,7 +19,7 @@ Hessian", 2020, https://arxiv.org/abs/1912.07145
 
 import numpy as np
 
-from bisam_keras.sharpness import checks, krylov, objectives
+from bisam_keras.sharpness import checks, evaluation, krylov, objectives
 from bisam_keras.sharpness import data as data_lib
 from bisam_keras.sharpness.evaluation import Evaluator
 from bisam_keras.sharpness.results import HessianEigenvalues, SharpnessResult, standard_error
@@ -36,7 +36,7 @@ def _setup(model, data, objective, batch_size, num_examples, seed, training):
     training = checks.boolean("training", training)
     goal = objectives.get(objective, model)
     examples = data_lib.select(data, num_examples, seed)
-    evaluator = Evaluator(model, goal, examples, training=training)
+    evaluator = evaluation.evaluator(model, objective, examples, training=training)
     batches = examples.batches(batch_size)
     total = examples.num_examples
 

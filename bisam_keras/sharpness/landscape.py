@@ -20,9 +20,9 @@ import numbers
 
 import numpy as np
 
-from bisam_keras.sharpness import checks, objectives
+from bisam_keras.sharpness import checks, evaluation, objectives
 from bisam_keras.sharpness import data as data_lib
-from bisam_keras.sharpness.evaluation import Evaluator, measured_model, weighted_mean, weights
+from bisam_keras.sharpness.evaluation import measured_model, weighted_mean, weights
 from bisam_keras.sharpness.results import LossLandscape
 
 NORMALIZATIONS = ("filter", "layer", "none")
@@ -187,7 +187,7 @@ def loss_landscape(
 
     goal = objectives.get(objective, model)
     examples = data_lib.select(data, num_examples, seed)
-    evaluator = Evaluator(model, goal, examples, training=training)
+    evaluator = evaluation.evaluator(model, objective, examples, training=training)
     batches = examples.batches(batch_size)
     values = [evaluator.grid(grid, directions, x, y) for x, y in batches]
     mean = weighted_mean(values, [len(y) for _, y in batches])

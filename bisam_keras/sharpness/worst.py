@@ -22,9 +22,9 @@ https://arxiv.org/abs/2206.06232).
 
 import numpy as np
 
-from bisam_keras.sharpness import balls, checks, objectives
+from bisam_keras.sharpness import balls, checks, evaluation, objectives
 from bisam_keras.sharpness import data as data_lib
-from bisam_keras.sharpness.evaluation import Evaluator, weighted_mean, weights
+from bisam_keras.sharpness.evaluation import weighted_mean, weights
 from bisam_keras.sharpness.results import SharpnessResult, standard_error
 
 
@@ -144,7 +144,7 @@ def worst_case(
     training = checks.boolean("training", training)
     goal = objectives.get(objective, model)
     examples = data_lib.select(data, num_examples, seed)
-    evaluator = Evaluator(model, goal, examples, training=training)
+    evaluator = evaluation.evaluator(model, objective, examples, training=training)
 
     batches = examples.batches(m if m is not None else batch_size)
     groups = [[b] for b in batches] if m is not None else [batches]
