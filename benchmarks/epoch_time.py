@@ -44,7 +44,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import machine  # noqa: E402, I001  first: `import bisam_keras` sets TensorFlow's CPU defaults
+from bisam_keras.testing import machine  # noqa: E402, I001  first: sets TensorFlow's CPU defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -39,14 +39,9 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-ROOT = os.path.dirname(HERE)
+from bisam_keras.experiments import study, study_report, study_runs
 
-import reproduce  # noqa: E402
-
-BEGIN, END = reproduce.MEMORISATION_BEGIN, reproduce.MEMORISATION_END
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fractions(predicted, given, true, num_classes):
@@ -95,8 +90,8 @@ def _train_part(config):
     pipeline's order)."""
     from bisam_keras import data as data_lib
 
-    splits = data_lib.load(config.dataset, **reproduce.load_kwargs(config))
-    x, y = reproduce.read_split(splits.train)
+    splits = data_lib.load(config.dataset, **study_runs.load_kwargs(config))
+    x, y = study_runs.read_split(splits.train)
     order = sorted(range(len(x)), key=lambda i: x[i].tobytes())
     return x[order], y[order], splits.noisy_label_fraction
 
@@ -119,7 +114,7 @@ def labelled_train_part(config):
 
 
 def measure(run, batch_size=500, data_dir=None):
-    """`fractions` of one finished run (a `reproduce.collect` entry), or `None`
+    """`fractions` of one finished run (a `study_runs.collect` entry), or `None`
     when its `best.keras` is not on disk. `data_dir` replaces the run's own
     (the same data in another place)."""
     import keras
@@ -161,7 +156,6 @@ def _pct(value):
 def section(rows, skipped, command):
     """The markdown of the results page's memorisation section."""
     lines = [
-        BEGIN,
         "Measured by [`benchmarks/memorisation.py`](../benchmarks/memorisation.py) on each "
         "run's selected model (`best.keras`, the epoch the table reports), over its "
         "training images without augmentation. *Clean*: examples whose label the noise "
@@ -192,28 +186,13 @@ def section(rows, skipped, command):
             + "."
         )
         lines.append("")
-    lines += ["```", command, "```", END]
+    lines += ["```", command, "```"]
     return "\n".join(lines)
-
-
-def write_section(docs_path, text):
-    """Replaces the memorisation section of `docs_path` (which
-    `reproduce.py`'s report writes, and keeps when it writes the page again)."""
-    with open(docs_path) as f:
-        old = f.read()
-    if BEGIN not in old or END not in old:
-        raise ValueError(
-            f"{docs_path} has no memorisation section: run `benchmarks/reproduce.py "
-            "--report-only` first. Received: docs=" + repr(docs_path)
-        )
-    head, rest = old.split(BEGIN, 1)
-    with open(docs_path, "w") as f:
-        f.write(head + text + rest.split(END, 1)[1])
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default=reproduce.DEFAULTS["output"], help="the study's folder")
+    p.add_argument("--output", default=study.DEFAULTS["output"], help="the study's folder")
     p.add_argument("--docs", default=os.path.join(ROOT, "docs", "results.md"))
     p.add_argument("--data-dir", help="the CIFAR-10 folder, if not where the runs read it")
     return p
@@ -222,7 +201,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    runs = reproduce.collect(args.output)
+    runs = study_runs.collect(args.output)
     if not runs:
         raise SystemExit(f"no finished runs below {args.output!r}")
     path = os.path.join(args.output, "memorisation.json")
@@ -246,7 +225,7 @@ def main(argv=None):
     command = "python benchmarks/memorisation.py " + " ".join(
         sys.argv[1:] if argv is None else list(argv)
     )
-    write_section(args.docs, section(rows, skipped, command.strip()))
+    study_report.replace_section(args.docs, "memorisation", section(rows, skipped, command.strip()))
     print(f"wrote {path} and the memorisation section of {args.docs}")
     return 0
 

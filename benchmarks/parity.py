@@ -2,8 +2,8 @@
 
 For each seed it trains
 
-- bisam-keras: `bisam_keras.experiments.runner.run` with `--preset paper-cifar`
-  (through `bisam_keras.cli.make_configs`), resumable;
+- bisam-keras: `bisam_keras.experiments.run(config, resume=True)` with the
+  `paper-cifar` preset (`bisam_keras.experiments.study.run_config`), resumable;
 - PyTorch: the authors' loop (`benchmarks/torch_train.py`) on exactly the same
   images, train/validation split and noisy labels (read from the Keras run's
   own pipeline), with the same learning rate, momentum, weight decay, batch,
@@ -33,11 +33,9 @@ import math
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+from bisam_keras.experiments import study, study_report, study_runs
 
-import reproduce  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METRICS = ("accuracy", "test_accuracy")
 
@@ -114,7 +112,7 @@ def plot(keras_histories, torch_histories, path, torch_loss_offset=0.0):
         ):
             curves = [[scale * v for v in h[key]] for h in histories if key in h]
             if curves:
-                reproduce._band(ax, curves, label)
+                study_report.band(ax, curves, label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
@@ -182,13 +180,13 @@ def section(summary, png_name, command):
 
 def machines_of(run_dirs):
     """The one-line descriptions of the machines that trained `run_dirs` (sorted, unique)."""
-    import machine
+    from bisam_keras.testing import machine
 
     return sorted(
         {
             machine.describe(sitting["machine"])
             for run_dir in run_dirs
-            for sitting in reproduce.read_machines(run_dir)
+            for sitting in study_runs.read_machines(run_dir)
         }
     )
 
@@ -196,45 +194,39 @@ def machines_of(run_dirs):
 def write_section(docs_path, text):
     """Replaces the parity section of `docs_path` (or appends one)."""
     old = open(docs_path).read() if os.path.exists(docs_path) else ""
-    block = f"{reproduce.PARITY_BEGIN}\n{text}\n{reproduce.PARITY_END}"
-    if reproduce.PARITY_BEGIN in old and reproduce.PARITY_END in old:
-        start = old.index(reproduce.PARITY_BEGIN)
-        end = old.index(reproduce.PARITY_END) + len(reproduce.PARITY_END)
-        new = old[:start] + block + old[end:]
-    else:
-        new = old + ("\n" if old else "") + "## PyTorch parity\n\n" + block + "\n"
+    begin, end = study_report.markers("parity")
+    if begin in old and end in old:
+        study_report.replace_section(docs_path, "parity", text)
+        return
     with open(docs_path, "w") as f:
-        f.write(new)
+        f.write(old + ("\n" if old else "") + f"## PyTorch parity\n\n{begin}\n{text}\n{end}\n")
 
 
 def run_parity(args, command):
     import torch
     import torch_train
 
-    from bisam_keras.experiments import runner
+    from bisam_keras.experiments import run, run_files
 
     if args.threads:
         torch.set_num_threads(args.threads)
     keras_histories, torch_histories, config, run_dirs = [], [], None, []
     for seed in args.seeds:
-        config = torch_train.keras_config(
-            args.data_dir,
+        config = study.run_config(
             args.method,
             seed,
-            args.subset,
-            args.label_noise,
             args.epochs,
-            output=os.path.join(args.output, "keras"),
+            os.path.join(args.output, "keras"),
+            data_dir=args.data_dir,
             model=args.model,
+            subset=args.subset,
+            label_noise=args.label_noise,
         )
         print(f"== keras {args.method} seed {seed}")
-        if reproduce.run_state(config) != "finished":
-            os.makedirs(config.run_dir(), exist_ok=True)
-            reproduce.record_sitting(config.run_dir())
-        runner.run(config, resume=True)
+        result = run(config, resume=True, callbacks=[study_runs.Sitting(config.run_dir())])
         run_dirs.append(config.run_dir())
-        with open(os.path.join(config.run_dir(), "history.json")) as f:
-            keras_histories.append(json.load(f))
+        key = (config.dataset, config.model, config.method, config.seed)
+        keras_histories.append(run_files.load_histories(config.output)[key])
         torch_path = os.path.join(args.output, "torch", args.method, f"seed{seed}", "history.json")
         history = None
         if os.path.exists(torch_path):
@@ -243,7 +235,7 @@ def run_parity(args, command):
         if history is None or len(history.get("test_accuracy", [])) < args.epochs:
             print(f"== torch {args.method} seed {seed}")
             os.makedirs(os.path.dirname(torch_path), exist_ok=True)
-            reproduce.record_sitting(os.path.dirname(torch_path))
+            study_runs.record_sitting(os.path.dirname(torch_path))
             arrays = torch_train.keras_run_arrays(config)
             history = torch_train.train(
                 arrays,
@@ -271,8 +263,6 @@ def run_parity(args, command):
     }
     checked = [r for rows in agreements.values() for r in rows]
     keras_params, torch_params = _param_counts(config, args.model)
-    with open(os.path.join(config.run_dir(), "result.json")) as f:
-        result = json.load(f)
     summary = {
         "method": args.method,
         "model": args.model,
@@ -328,7 +318,7 @@ def _param_counts(config, model):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="../shared/data/cifar10")
-    p.add_argument("--method", default="sam", choices=reproduce.METHODS)
+    p.add_argument("--method", default="sam", choices=study.METHODS)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--subset", type=int, default=10_000)

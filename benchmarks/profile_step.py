@@ -140,8 +140,7 @@ def main(argv=None):
     if importlib.util.find_spec("xprof") is None:
         print(INSTALL_HINT)
         return 0
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import machine  # first: `import bisam_keras` sets TensorFlow's CPU defaults
+    from bisam_keras.testing import machine  # first: sets TensorFlow's CPU defaults
 
     has_torch = importlib.util.find_spec("torch") is not None
     if has_torch:

@@ -44,12 +44,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_sam import SAM, disable_running_stats, enable_running_stats
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reproduce import load_kwargs, read_split  # noqa: E402, F401  (torch-free)
-from torch_sam import SAM, disable_running_stats, enable_running_stats  # noqa: E402
-
-METHODS = ("sgd", "sam", "bisam-neglog", "bisam-tanh")
+from bisam_keras.experiments.study import METHODS
+from bisam_keras.experiments.study_runs import load_kwargs, read_split
 
 # ---------------------------------------------------------------------------
 # The authors' losses (LIONS-EPFL/BiSAM `loss_fnc.py`, MIT license), without
@@ -395,19 +393,21 @@ def keras_config(
     preset="paper-cifar",
     dataset="cifar10",
 ):
-    """The `RunConfig` of the matching Keras run, through the library's CLI logic."""
-    from bisam_keras import cli
+    """The `RunConfig` of the matching Keras run (`study.run_config`, the preset's settings)."""
+    from bisam_keras.experiments import study
 
-    argv = ["train", "--dataset", dataset, "--model", model, "--method", method]
-    if preset:
-        argv += ["--preset", preset]
-    if data_dir:
-        argv += ["--data-dir", data_dir]
-    if subset:
-        argv += ["--subset", str(subset)]
-    argv += ["--label-noise", str(label_noise), "--seeds", str(seed), "--epochs", str(epochs)]
-    argv += ["--output", output, "--verbose", "2"]
-    return cli.make_configs(cli.build_parser().parse_args(argv))[0]
+    return study.run_config(
+        method,
+        seed,
+        epochs,
+        output,
+        data_dir=data_dir,
+        model=model,
+        subset=subset,
+        label_noise=label_noise,
+        dataset=dataset,
+        preset=preset,
+    )
 
 
 def main(argv=None):

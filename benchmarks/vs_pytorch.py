@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -148,8 +147,7 @@ def main(argv=None):
     rounds = args.rounds or (3 if args.quick else 7)
     steps = args.steps or (2 if args.quick else 10)
     args.warmup = args.warmup or (2 if args.quick else 3)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import machine  # first: `import bisam_keras` sets TensorFlow's CPU defaults
+    from bisam_keras.testing import machine  # first: sets TensorFlow's CPU defaults
 
     configure_threads(args.threads)
 

@@ -55,7 +55,7 @@ MACHINE_KEYS = {
 
 
 def check_machine(record, torch_used=False):
-    """The `"machine"` record every benchmark JSON carries (benchmarks/machine.py)."""
+    """The `"machine"` record every benchmark JSON carries (bisam_keras/testing/machine.py)."""
     assert MACHINE_KEYS <= set(record), MACHINE_KEYS - set(record)
     assert isinstance(record["cpu_model"], str) and record["cpu_model"]
     assert isinstance(record["onednn"], bool) and record["cores"] >= 1
@@ -290,11 +290,8 @@ def test_profile_kinds(op, kind):
 
 
 def _machine_module():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import machine
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    from bisam_keras.testing import machine
+
     return machine
 
 

@@ -18,6 +18,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import memorisation  # noqa: E402
 import reproduce  # noqa: E402
 
+from bisam_keras.experiments import study, study_report, study_runs  # noqa: E402
+
 
 def test_fractions_against_hand_counts():
     true = [0, 1, 2, 3, 4, 5, 6, 7]
@@ -43,7 +45,7 @@ def test_fractions_against_hand_counts():
 
 
 def _digits_config(tmp_path, epochs=1):
-    (config,) = reproduce.make_configs(
+    (config,) = study.make_configs(
         None, str(tmp_path / "runs"), "resnet20", 300, epochs, (0,), (0.4,), ("sam",),
         dataset="digits", preset=None,
     )  # fmt: skip
@@ -76,7 +78,7 @@ def test_true_labels_are_the_noise_draws_own(tmp_path):
 def _stats(config):
     from bisam_keras import data
 
-    splits = data.load(config.dataset, **reproduce.load_kwargs(config))
+    splits = data.load(config.dataset, **study_runs.load_kwargs(config))
     return float(splits.mean[0]), float(splits.std[0])
 
 
@@ -86,9 +88,9 @@ def test_script_on_a_finished_run(tmp_path):
     from bisam_keras.experiments import runner
 
     config = _digits_config(tmp_path)
-    reproduce.run_all([config], log=lambda *_: None)
+    study.run_all([config], log=lambda *_: None)
     docs = tmp_path / "results.md"
-    reproduce.report(config.output, str(docs), command="python x.py", log=lambda *_: None)
+    study_report.report(config.output, str(docs), command="python x.py", log=lambda *_: None)
     assert "Not measured yet" in docs.read_text()
     memorisation.main(["--output", config.output, "--docs", str(docs)])
     (row,) = json.loads((Path(config.output) / "memorisation.json").read_text())

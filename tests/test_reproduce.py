@@ -1,6 +1,8 @@
-"""The reproduction scripts: benchmarks/reproduce.py, torch_train.py and parity.py.
+"""The label-noise study: `bisam_keras.experiments.study` and `study_report`, and
+their command line `benchmarks/reproduce.py`; the PyTorch side of the parity
+check (`benchmarks/torch_train.py`, `benchmarks/parity.py`).
 
-Fast tests check the scripts' own logic on the offline digits dataset (resume,
+Fast tests check the study's logic on the offline digits dataset (resume,
 skipping finished runs, the report's arithmetic, the report file) and the
 PyTorch side's data and losses against independent computations. The slow
 test trains SAM and SGD on a small noisy subset of the real CIFAR-10 with the
@@ -22,6 +24,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import reproduce  # noqa: E402
 from paths import CIFAR10_DIR  # noqa: E402
 
+from bisam_keras.experiments import study, study_report, study_runs  # noqa: E402
+
 CIFAR10 = CIFAR10_DIR
 needs_cifar = pytest.mark.skipif(
     not os.path.isdir(CIFAR10), reason=f"real CIFAR-10 not found at {CIFAR10}"
@@ -30,7 +34,7 @@ needs_cifar = pytest.mark.skipif(
 
 def digits_configs(output, epochs=2, methods=("sgd", "sam"), seeds=(0,)):
     # Digits: 1,797 8x8 images, offline; subset 300 keeps an epoch well under a second.
-    return reproduce.make_configs(
+    return study.make_configs(
         None,
         str(output),
         "resnet20",
@@ -74,18 +78,48 @@ def make_callbacks():
 
 
 def test_sgd_gets_twice_the_epochs_and_noise_has_its_own_folder(tmp_path):
-    configs = reproduce.make_configs(
+    configs = study.make_configs(
         "/data/c10", str(tmp_path), "resnet20", 10_000, 7, (0, 1), (0.0, 0.4)
     )
     assert len(configs) == 2 * 4 * 2
     for c in configs:
         assert c.epochs == (14 if c.method == "sgd" else 7)
         assert c.subset == 10_000 and c.data_dir == "/data/c10" and c.dataset == "cifar10"
-        assert c.output == reproduce.noise_dir(str(tmp_path), c.label_noise)
+        assert c.output == study_runs.noise_dir(str(tmp_path), c.label_noise)
         # The preset supplies the training settings (paper-cifar: lr 0.1, batch 128).
         assert c.lr == 0.1 and c.batch_size == 128 and c.weight_decay == 5e-4
-    assert reproduce.noise_dir("x", 0.4).endswith("noise40")
-    assert reproduce.noise_dir("x", 0.0).endswith("noise00")
+    assert study_runs.noise_dir("x", 0.4).endswith("noise40")
+    assert study_runs.noise_dir("x", 0.0).endswith("noise00")
+
+
+@pytest.mark.parametrize(
+    "dataset, preset, methods",
+    [("cifar10", "paper-cifar", study.METHODS), ("digits", None, ("sgd", "bisam-tanh"))],
+)
+def test_configs_are_those_of_the_cli_compare_command(tmp_path, dataset, preset, methods):
+    """The study's runs are the runs `bisam-keras compare` makes with the same
+    flags (so its run folders are those that earlier versions, which built
+    them through the CLI, wrote and can still --resume)."""
+    import dataclasses
+
+    from bisam_keras import cli
+
+    data_dir = "/data/c10" if dataset == "cifar10" else None
+    ours = study.make_configs(
+        data_dir, str(tmp_path), "resnet20", 300, 3, (0, 2), (0.4,), methods,
+        dataset=dataset, preset=preset,
+    )  # fmt: skip
+    theirs = []
+    for method in methods:
+        argv = ["compare", "--dataset", dataset, "--models", "resnet20", "--methods", method]
+        argv += ["--preset", preset] if preset else []
+        argv += ["--data-dir", data_dir] if data_dir else []
+        argv += ["--subset", "300", "--label-noise", "0.4", "--seeds", "0", "2"]
+        argv += ["--epochs", "6" if method == "sgd" else "3", "--verbose", "2"]
+        argv += ["--output", study_runs.noise_dir(str(tmp_path), 0.4)]
+        theirs += cli.make_configs(cli.build_parser().parse_args(argv), several=True)
+    theirs.sort(key=lambda c: (c.seed, methods.index(c.method)))
+    assert [dataclasses.asdict(c) for c in ours] == [dataclasses.asdict(c) for c in theirs]
 
 
 def test_resume_continues_unfinished_skips_finished_and_refuses_changes(tmp_path):
@@ -94,33 +128,33 @@ def test_resume_continues_unfinished_skips_finished_and_refuses_changes(tmp_path
     assert configs[0].epochs == 4  # SGD: twice the epochs
     # Session 1: stopped at the end of epoch 1 (0-based), after its backup.
     with pytest.raises(Interrupt):
-        reproduce.run_all(configs, callbacks=[StopAfter(1)], log=lambda *_: None)
-    assert reproduce.run_state(configs[0]) == "partial"
+        study.run_all(configs, callbacks=[StopAfter(1)], log=lambda *_: None)
+    assert study.run_state(configs[0]) == "partial"
     # Session 2: the same command continues at epoch 2, not from scratch.
     record = Record()
-    counts = reproduce.run_all(configs, callbacks=[record], log=lambda *_: None)
+    counts = study.run_all(configs, callbacks=[record], log=lambda *_: None)
     assert counts == {"finished": 0, "partial": 1, "new": 0}
     assert record.epochs == [2, 3]
     history = json.loads((Path(configs[0].run_dir()) / "history.json").read_text())
     assert len(history["loss"]) == 4
-    seconds = reproduce.read_epoch_seconds(configs[0].run_dir())
+    seconds = study_runs.read_epoch_seconds(configs[0].run_dir())
     assert sorted(seconds) == list(range(4)) and all(s > 0 for s in seconds.values())
     # Session 3: nothing left to train.
     record = Record()
     lines = []
-    counts = reproduce.run_all(configs, callbacks=[record], log=lines.append)
+    counts = study.run_all(configs, callbacks=[record], log=lines.append)
     assert counts == {"finished": 1, "partial": 0, "new": 0}
     assert record.epochs == [] and "skipped" in lines[0]
     # One machine record per sitting that trained: epochs 0-1, then 2-3.
-    sittings = reproduce.read_machines(configs[0].run_dir())
+    sittings = study_runs.read_machines(configs[0].run_dir())
     assert [s["epochs_before"] for s in sittings] == [0, 2]
     assert all(s["machine"]["cores"] >= 1 and "onednn" in s["machine"] for s in sittings)
     # Other settings in the same folder: an error, not silently mixed in.
     changed = digits_configs(tmp_path / "runs", epochs=3, methods=("sgd",))
     with pytest.raises(ValueError, match="epochs"):
-        reproduce.run_all(changed, log=lambda *_: None)
+        study.run_all(changed, log=lambda *_: None)
     # The report reads the real run back: its wall time is the epochs' sum.
-    (run,) = reproduce.collect(str(tmp_path / "runs"))
+    (run,) = study_runs.collect(str(tmp_path / "runs"))
     assert run["seconds"] == pytest.approx(sum(seconds.values()))
     assert run["method"] == "sgd" and run["noise"] == 0.4 and len(run["history"]["loss"]) == 4
 
@@ -151,13 +185,14 @@ def write_fake_runs(output, accuracies, noise=0.4):
     """Run folders as the runner leaves them, `{method: [accuracy per seed]}`."""
     for method, values in accuracies.items():
         for seed, accuracy in enumerate(values):
-            run_dir = Path(reproduce.noise_dir(str(output), noise)) / "cifar10" / "resnet20"
+            run_dir = Path(study_runs.noise_dir(str(output), noise)) / "cifar10" / "resnet20"
             run_dir = run_dir / method / f"seed{seed}"
             run_dir.mkdir(parents=True)
             epochs = 4 if method == "sgd" else 2
             config = {"dataset": "cifar10", "model": "resnet20", "method": method, "seed": seed}
             config.update(epochs=epochs, label_noise=noise, lr=0.1, batch_size=128)
-            result = {"method": method, "seed": seed, "test_accuracy": accuracy}
+            result = {"dataset": "cifar10", "model": "resnet20", "method": method, "seed": seed}
+            result["test_accuracy"] = accuracy
             result.update(epoch=2, epochs_run=2, num_train=900, num_validation=100, num_test=200)
             for name, value in (
                 ("config", config),
@@ -171,15 +206,15 @@ def write_fake_runs(output, accuracies, noise=0.4):
                 machine.update(effective_isa="AVX2", onednn=True, tensorflow="2.x")
                 machine.update(tf_intra_op_threads=0, tf_inter_op_threads=1)
                 line = {"utc": "2026-01-01T00:00:00Z", "epochs_before": 0, "machine": machine}
-                (run_dir / reproduce.MACHINES_FILE).write_text(json.dumps(line) + "\n")
+                (run_dir / study_runs.MACHINES_FILE).write_text(json.dumps(line) + "\n")
 
 
 def test_summary_is_numpy_mean_and_sample_std():
     rng = np.random.default_rng(0)
-    values = {m: rng.uniform(0.5, 0.9, size=3) for m in reproduce.METHODS}
+    values = {m: rng.uniform(0.5, 0.9, size=3) for m in study.METHODS}
     runs = [fake_run(0.4, m, s, float(v)) for m, vs in values.items() for s, v in enumerate(vs)]
-    rows = reproduce.summarize(runs[::-1])
-    assert [r["method"] for r in rows] == list(reproduce.METHODS)
+    rows = study.summarize(runs[::-1])
+    assert [r["method"] for r in rows] == list(study.METHODS)
     for r in rows:
         v = values[r["method"]]
         # Sums of three float64 numbers in [0, 1]: equal to within a few ulps.
@@ -196,7 +231,7 @@ def test_paired_differences_against_numpy():
         "bisam-neglog": {0: 0.41, 1: 0.53, 3: 0.70},
     }
     runs = [fake_run(0.4, m, s, v) for m, vs in values.items() for s, v in vs.items()]
-    rows = {r["method"]: r for r in reproduce.paired_differences(runs, "sgd")}
+    rows = {r["method"]: r for r in study.paired_differences(runs, "sgd")}
     assert set(rows) == {"sam", "bisam-neglog"}
     sam = np.array([0.34 - 0.55, 0.52 - 0.62, 0.58 - 0.60])
     assert rows["sam"]["seeds"] == [0, 1, 2]
@@ -206,20 +241,20 @@ def test_paired_differences_against_numpy():
     bisam = rows["bisam-neglog"]
     assert bisam["seeds"] == [0, 1] and bisam["n"] == 2  # seed 3 has no SGD run
     assert bisam["mean"] == pytest.approx(np.mean([0.41 - 0.55, 0.53 - 0.62]), rel=1e-12)
-    lines = reproduce.paired_table(runs, {"sam": "SAM", "sgd": "SGD", "bisam-neglog": "B"})
+    lines = study_report.paired_table(runs, {"sam": "SAM", "sgd": "SGD", "bisam-neglog": "B"})
     assert "| 40% | SAM | SGD | 0: -21.00, 1: -10.00, 2: -2.00 | -11.00 ± 9.54 (3) |" in lines
     assert "| 40% | B | SAM | 0: +7.00, 1: +1.00 | +4.00 ± 4.24 (2) |" in lines
 
 
 def test_sanity_checks_flag_nan_rising_loss_and_chance():
     good = fake_run(0.4, "sam", 0, 0.8)
-    assert all(ok for _, ok, _ in reproduce.sanity_checks(good))
+    assert all(ok for _, ok, _ in study_report.sanity_checks(good))
     nan = fake_run(0.4, "sam", 0, 0.8, loss=(2.0, math.nan))
     rising = fake_run(0.4, "sam", 0, 0.8, loss=(1.0, 2.0))
     chance = fake_run(0.4, "sam", 0, 0.12)
-    assert [ok for _, ok, _ in reproduce.sanity_checks(nan)][0] is False
-    assert [ok for _, ok, _ in reproduce.sanity_checks(rising)][1] is False
-    assert [ok for _, ok, _ in reproduce.sanity_checks(chance)][2] is False
+    assert [ok for _, ok, _ in study_report.sanity_checks(nan)][0] is False
+    assert [ok for _, ok, _ in study_report.sanity_checks(rising)][1] is False
+    assert [ok for _, ok, _ in study_report.sanity_checks(chance)][2] is False
 
 
 def test_report_writes_table_curves_and_keeps_hand_written_text(tmp_path):
@@ -227,7 +262,7 @@ def test_report_writes_table_curves_and_keeps_hand_written_text(tmp_path):
     accuracies = {"sgd": [0.61, 0.64, 0.60], "sam": [0.70, 0.72], "bisam-tanh": [0.69]}
     write_fake_runs(output, accuracies)
     docs = tmp_path / "docs" / "results.md"
-    reproduce.report(str(output), str(docs), command="python x.py", log=lambda *_: None)
+    study_report.report(str(output), str(docs), command="python x.py", log=lambda *_: None)
     text = docs.read_text()
     for values in accuracies.values():
         if len(values) > 1:
@@ -250,7 +285,7 @@ def test_report_writes_table_curves_and_keeps_hand_written_text(tmp_path):
     assert "PLACEHOLDER" in text and "0 failed check(s)" in text
     assert (docs.parent / "results_noise40.png").stat().st_size > 1000
     # A filled-in reading and a parity section survive a rewrite.
-    filled = text.replace(reproduce.HONEST_PLACEHOLDER, "Our reading.")
+    filled = text.replace(study_report.template_section("honest-reading"), "Our reading.")
     filled = filled.replace("Not run yet", "Parity done")
     docs.write_text(filled)
     reproduce.main(["--report-only", "--output", str(output), "--docs", str(docs)])
@@ -297,7 +332,7 @@ def test_parity_section_names_the_machines_that_trained_both_sides(tmp_path):
         machine.update(onednn=True, tensorflow="2.x", tf_intra_op_threads=0)
         machine.update(tf_inter_op_threads=0)
         line = {"utc": "2026-01-01T00:00:00Z", "epochs_before": 0, "machine": machine}
-        (run_dir / reproduce.MACHINES_FILE).write_text(json.dumps(line) + "\n")
+        (run_dir / study_runs.MACHINES_FILE).write_text(json.dumps(line) + "\n")
         dirs.append(str(run_dir))
     machines = parity.machines_of(dirs + [str(tmp_path / "none")])
     assert machines == [
@@ -440,7 +475,7 @@ def noisy_fit_callback(config):
     class NoisyFit(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            kwargs = {**reproduce.load_kwargs(config), "batch_size": 256}
+            kwargs = {**study_runs.load_kwargs(config), "batch_size": 256}
             splits = data_lib.load(config.dataset, **kwargs)
             pairs = [(x.numpy(), y.numpy()) for x, y in splits.train]
             self.x = np.concatenate([x for x, _ in pairs])
@@ -475,7 +510,7 @@ SUBSET, EPOCHS, BATCH, LAST, MIN_MARGIN = 200, 30, 32, 10, 0.03
 def test_sam_resists_noisy_labels_more_than_sgd(tmp_path):
     """SAM's loss on 40%-noisy training labels stays above SGD's.
 
-    The study's pipeline (`--preset paper-cifar` through `reproduce.make_configs`,
+    The study's pipeline (`--preset paper-cifar` through `study.make_configs`,
     the runner), ResNet-20 on a small noisy subset of the real CIFAR-10, the
     same epochs for both methods, seed 0. SGD fits the wrong labels faster, so
     its loss on the noisy training labels (at `w`, without augmentation) is
@@ -486,8 +521,7 @@ def test_sam_resists_noisy_labels_more_than_sgd(tmp_path):
     from bisam_keras.experiments import runner
 
     def run(method):
-        flags = ("--batch-size", str(BATCH))
-        (config,) = reproduce.make_configs(
+        (config,) = study.make_configs(
             CIFAR10,
             str(tmp_path / method),
             "resnet20",
@@ -496,7 +530,7 @@ def test_sam_resists_noisy_labels_more_than_sgd(tmp_path):
             (0,),
             (0.4,),
             (method,),
-            extra_flags=flags,
+            overrides={"batch_size": BATCH},
         )
         config.epochs = EPOCHS  # the same epochs for both methods here
         config.verbose = 0

@@ -5,7 +5,7 @@ chooses TensorFlow's CPU defaults first (oneDNN on, unless `TF_ENABLE_ONEDNN_OPT
 is set), stores `record()` in its JSON under `"machine"` and prints `describe()`
 above its table:
 
-    import machine  # first: before TensorFlow starts
+    from bisam_keras.testing import machine  # first: before TensorFlow starts
 
     result["machine"] = machine.record()
     print(machine.describe(result["machine"]))
