@@ -451,6 +451,71 @@ def test_torch_sgd_serializes_and_is_checked():
         TorchSGD(0.1, momentum=1.5)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_torch_sgd_coupled_weight_decay_is_torch_sgd_weight_decay(nesterov):
+    """`TorchSGD(coupled_weight_decay=wd)` is PyTorch's `SGD(weight_decay=wd)`
+    (NumPy, and torch where installed), and bitwise the step of the wrappers'
+    `weight_decay` around a `TorchSGD` without it: both add `fl32(wd) * w` to
+    the float32 gradient before momentum, in the same order."""
+    w0 = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
+    b0 = np.array([0.3, -0.7], np.float32)
+    g = [np.array([[0.1, 0.2], [-0.3, 0.4]], np.float32), np.array([0.05, -0.5], np.float32)]
+    variables = [keras.Variable(w0), keras.Variable(b0)]
+    opt = TorchSGD(0.5, momentum=0.9, nesterov=nesterov, coupled_weight_decay=0.1)
+    wrapped = [keras.Variable(w0), keras.Variable(b0)]
+    sam = bk.SAM(TorchSGD(0.5, momentum=0.9, nesterov=nesterov), rho=0.05, weight_decay=0.1)
+    for _ in range(3):
+        opt.apply([tf.constant(v) for v in g], variables)
+        with sam.descent_step():
+            sam.apply([tf.constant(v) for v in g], wrapped)
+    expected = []
+    for p, gp in zip((w0, b0), g):
+        p, buf = p.astype(np.float64), np.zeros(p.shape)
+        for _ in range(3):
+            d = gp + 0.1 * p
+            buf = 0.9 * buf + d
+            p = p - 0.5 * ((d + 0.9 * buf) if nesterov else buf)
+        expected.append(p)
+    for v, u, e in zip(variables, wrapped, expected):
+        np.testing.assert_allclose(v.numpy(), e, rtol=RTOL, atol=ATOL)
+        np.testing.assert_array_equal(v.numpy(), u.numpy())
+    torch = pytest.importorskip("torch")
+    params = [torch.nn.Parameter(torch.tensor(p, dtype=torch.float64)) for p in (w0, b0)]
+    topt = torch.optim.SGD(params, lr=0.5, momentum=0.9, weight_decay=0.1, nesterov=nesterov)
+    for _ in range(3):
+        for p, gp in zip(params, g):
+            p.grad = torch.tensor(gp, dtype=torch.float64)
+        topt.step()
+    for p, e in zip(params, expected):
+        np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-12)
+
+
+def test_torch_sgd_coupled_weight_decay_respects_exclusions_and_is_checked():
+    kept, excluded = keras.Variable(np.ones(2, np.float32)), keras.Variable(np.ones(2, np.float32))
+    opt = TorchSGD(0.5, coupled_weight_decay=0.1)
+    opt.exclude_from_weight_decay(var_list=[excluded])
+    opt.apply([tf.zeros(2), tf.zeros(2)], [kept, excluded])
+    np.testing.assert_allclose(kept.numpy(), 1.0 - 0.5 * 0.1 * 1.0, rtol=1e-7)
+    np.testing.assert_array_equal(excluded.numpy(), np.ones(2, np.float32))
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert clone.coupled_weight_decay == 0.1 and clone.get_config() == opt.get_config()
+    for bad in (-1, math.inf, True, "0.1"):
+        with pytest.raises(ValueError, match="`coupled_weight_decay` must be"):
+            TorchSGD(0.1, coupled_weight_decay=bad)
+
+
+def test_the_sgd_method_is_a_plain_model_with_torch_sgd():
+    config = _preset_config("sgd")
+    optimizer = runner.build_optimizer(config, total_steps=4, steps_per_epoch=2)
+    assert type(optimizer) is TorchSGD and optimizer.coupled_weight_decay == 5e-4
+    assert optimizer.weight_decay is None  # Keras' decoupled decay stays off
+    inner = build_mlp(make_params())
+    assert runner.training_model(inner, optimizer) is inner
+    keras_momentum = _preset_config("sgd", momentum_convention="keras")
+    wrapper = runner.build_optimizer(keras_momentum, total_steps=4, steps_per_epoch=2)
+    assert isinstance(wrapper, bk.SAM) and wrapper.rho == 0.0  # Keras' SGD has no coupled decay
+
+
 # --------------------------------------------------------------------------- #
 # The presets and the whole step.
 # --------------------------------------------------------------------------- #
@@ -605,9 +670,14 @@ def test_cli_run_with_the_authors_options(tmp_path):
         assert (config.weight_decay_mode, config.cutout, config.stats_from) == ("at-w", True, "all")
         model = keras.models.load_model(os.path.join(run_dir, "best.keras"))
         optimizer = model.optimizer
-        assert isinstance(optimizer, bk.SAM) and optimizer.weight_decay == 5e-4
-        assert isinstance(optimizer.inner_optimizer, TorchSGD)
-        schedule = optimizer.inner_optimizer.get_config()["learning_rate"]
-        assert schedule["class_name"] == "EpochCosineDecay"
+        if method == "sgd":  # a plain model: PyTorch's SGD(weight_decay) is TorchSGD's
+            assert not isinstance(model, bk.SharpnessAwareModel)
+            assert type(optimizer) is TorchSGD and optimizer.coupled_weight_decay == 5e-4
+            sgd = optimizer
+        else:
+            assert isinstance(optimizer, bk.SAM) and optimizer.weight_decay == 5e-4
+            assert optimizer.rho == 0.05
+            sgd = optimizer.inner_optimizer
+            assert type(sgd) is TorchSGD and sgd.coupled_weight_decay == 0.0
+        assert sgd.get_config()["learning_rate"]["class_name"] == "EpochCosineDecay"
         assert not model.losses  # no L2 term in the loss: the decay is at w
-        assert optimizer.rho == (0.0 if method == "sgd" else 0.05)

@@ -116,6 +116,32 @@ def test_a_kill_during_the_commit_resumes_from_the_last_finished_epoch(tmp_path,
     assert not os.path.exists(os.path.join(run_dir, "best.keras.partial"))
 
 
+@pytest.mark.slow
+def test_an_sgd_run_saved_with_the_sam_wrapper_resumes_with_it(tmp_path, monkeypatch):
+    """Earlier versions trained `sgd` with decay at w as a `SharpnessAwareModel`
+    with `SAM(rho=0)`; its backup resumes with that wrapper and ends bitwise
+    where an uninterrupted run with the wrapper ends."""
+    at_w = dict(BASE, subset=300, epochs=2, weight_decay_mode="at-w", momentum_convention="torch")
+    at_w.update(model_variant="authors")  # the paper-cifar model (its BatchNorm: see below)
+    old, resumed = (RunConfig(output=str(tmp_path / name), **at_w) for name in ("old", "resumed"))
+    with monkeypatch.context() as patch:  # what an earlier version wrote
+        patch.setattr(runner.run_files, "wraps_the_model", lambda run_dir, state: True)
+        runner.run(old)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(resumed, callbacks=[_StopAfter(1)])
+    state = _commit_files(resumed.run_dir())
+    assert runner.run_files.wraps_the_model(resumed.run_dir(), state)
+    runner.run(resumed, resume=True)
+    history = [open(os.path.join(c.run_dir(), "history.csv")).read() for c in (old, resumed)]
+    assert history[0] == history[1] and "perturbed_loss" in history[0]
+    new = RunConfig(output=str(tmp_path / "new"), **at_w)
+    runner.run(new)  # today's sgd: a plain model with TorchSGD, the same steps
+    rows = [runner.history_rows(os.path.join(c.run_dir(), "history.csv")) for c in (old, new)]
+    for row in rows[0]:
+        assert row.pop("perturbed_loss") == row["loss"]
+    assert rows[0] == rows[1]
+
+
 def test_an_unreadable_backup_says_what_to_delete(tmp_path, capsys):
     # A backup of keras.callbacks.BackupAndRestore (earlier versions) whose
     # weights file a kill left empty.

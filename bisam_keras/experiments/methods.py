@@ -1,8 +1,6 @@
 """The training methods of the paper's experiments, by their CLI names."""
 
-import keras
-
-from bisam_keras.optimizers import SAM, BiSAM
+from bisam_keras.optimizers import SAM, BiSAM, TorchSGD
 
 METHODS = (
     "sgd",
@@ -76,16 +74,22 @@ def make_optimizer(
 ):
     """The optimizer for `method`, wrapping `inner_optimizer`.
 
-    `sgd` returns `inner_optimizer` itself, or with a coupled `weight_decay`
-    a `SAM` with `rho=0` (the inner optimizer with `weight_decay * w` added to
-    each gradient); the efficient methods use `swp_probability` and
+    `weight_decay` is PyTorch's coupled decay at `w` (`weight_decay * w` added
+    to the descent gradient, through momentum). `sgd` returns
+    `inner_optimizer` itself; with a `weight_decay`, a `TorchSGD` inner
+    optimizer is returned as a copy with that `coupled_weight_decay` (a plain
+    model trains with it), any other as a `SAM` with `rho=0`, which adds the
+    decay. The sharpness-aware methods pass it to the wrapper's
+    `weight_decay`. The efficient methods use `swp_probability` and
     `sds_fraction` (the paper's `beta = gamma = 0.5`), the others ignore them.
-    `weight_decay` is the wrappers' coupled decay at `w`.
     """
     if not is_sharpness_aware(method):
-        if weight_decay:
-            return SAM(inner_optimizer, rho=0.0, weight_decay=weight_decay, seed=seed)
-        return inner_optimizer
+        if not weight_decay:
+            return inner_optimizer
+        if isinstance(inner_optimizer, TorchSGD):
+            config = inner_optimizer.get_config()
+            return TorchSGD.from_config({**config, "coupled_weight_decay": weight_decay})
+        return SAM(inner_optimizer, rho=0.0, weight_decay=weight_decay, seed=seed)
     kwargs = dict(
         weight_decay=weight_decay,
         rho=rho,
@@ -101,9 +105,3 @@ def make_optimizer(
     if bound is None:
         return SAM(inner_optimizer, **kwargs)
     return BiSAM(inner_optimizer, lower_bound=bound, mu=mu, alpha=alpha, **kwargs)
-
-
-def inner_sgd(learning_rate, momentum=0.9, nesterov=False):
-    """The paper's base optimizer: SGD with momentum (weight decay is added as
-    coupled L2 on the weights, see `bisam_keras.experiments.runner`)."""
-    return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=nesterov)

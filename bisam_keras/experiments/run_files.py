@@ -165,6 +165,26 @@ def read_state(run_dir):
     return None
 
 
+def wraps_the_model(run_dir, state):
+    """Whether the backup weights that `state` names were saved from a
+    `SharpnessAwareModel` (an `inner_model` at the top of the file).
+
+    Earlier versions trained the `sgd` method with `--weight-decay-mode at-w`
+    as a `SharpnessAwareModel` compiled with `SAM(rho=0)`: such a run resumes
+    with the same wrapper. A file that cannot be read answers `False`; loading
+    it then raises the error that names it.
+    """
+    if not state:
+        return False
+    import h5py  # a dependency of Keras' weights files
+
+    try:
+        with h5py.File(os.path.join(run_dir, "backup", state["weights"]), "r") as f:
+            return "inner_model" in f
+    except (OSError, ValueError):
+        return False
+
+
 def _check_state(state, run_dir):
     """Raises `ValueError` for a `state.json` content that `RunState` did not write."""
     if not isinstance(state, dict):

@@ -49,7 +49,7 @@ from bisam_keras.experiments import methods as methods_lib
 from bisam_keras.experiments.run_files import BackupError, read_state
 from bisam_keras.experiments.run_files import load_histories as load_histories
 from bisam_keras.experiments.run_files import load_results as load_results
-from bisam_keras.optimizers import EpochCosineDecay, SharpnessAwareOptimizer, TorchSGD
+from bisam_keras.optimizers import SAM, EpochCosineDecay, SharpnessAwareOptimizer, TorchSGD
 from bisam_keras.training import SharpnessAwareModel
 
 
@@ -132,7 +132,8 @@ class RunConfig:
             taken at the perturbed weights, and the logged loss includes it);
             `"at-w"`: the wrapper's coupled `weight_decay`, `weight_decay * w`
             added to the descent gradient (PyTorch's `SGD(weight_decay)` in the
-            paper's code; for the `sgd` method a `SAM` with `rho=0`).
+            paper's code; for the `sgd` method `TorchSGD(coupled_weight_decay=...)`
+            on a plain model, with Keras' momentum a `SAM` with `rho=0`).
             Defaults to `"l2"`.
         momentum_convention: `"keras"`: `keras.optimizers.SGD`; `"torch"`:
             `bisam_keras.optimizers.TorchSGD` (PyTorch's momentum; the two
@@ -664,9 +665,9 @@ def _remove(path):
 
 def training_model(inner, optimizer):
     """The model that `fit` trains: `inner` wrapped in `SharpnessAwareModel`
-    whenever `optimizer` is a sharpness-aware wrapper (also the `sgd` method's
-    `SAM(rho=0, weight_decay=...)`, which carries the decay at `w`), else
-    `inner` itself. A wrapper needs the sharpness-aware step."""
+    whenever `optimizer` is a sharpness-aware wrapper, else `inner` itself (the
+    `sgd` method, with PyTorch's momentum and decay in `TorchSGD`). A wrapper
+    needs the sharpness-aware step."""
     if isinstance(optimizer, SharpnessAwareOptimizer):
         return SharpnessAwareModel(inner)
     return inner
@@ -722,7 +723,14 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build_optimizer(config, total_steps, steps_per_epoch=None):
+def build_optimizer(config, total_steps, steps_per_epoch=None, wrapped_sgd=False):
+    """The run's optimizer (`methods.make_optimizer` around the inner SGD or AdamW).
+
+    `wrapped_sgd=True` resumes an `sgd` run with coupled decay that an earlier
+    version saved as a `SharpnessAwareModel` with `SAM(rho=0)`
+    (`run_files.wraps_the_model`): it gets that wrapper again, so its saved
+    weights and optimizer state load.
+    """
     lr = learning_rate_schedule(config, total_steps, steps_per_epoch)
     if config.optimizer == "sgd":
         sgd = TorchSGD if config.momentum_convention == "torch" else keras.optimizers.SGD
@@ -731,6 +739,9 @@ def build_optimizer(config, total_steps, steps_per_epoch=None):
         inner = keras.optimizers.AdamW(
             lr, weight_decay=config.weight_decay, global_clipnorm=config.global_clipnorm
         )
+    coupled = config.weight_decay if config.weight_decay_mode == "at-w" else 0.0
+    if wrapped_sgd and config.method == "sgd" and coupled:
+        return SAM(inner, rho=0.0, weight_decay=coupled, seed=config.seed)
     return methods_lib.make_optimizer(
         config.method,
         inner,
@@ -743,7 +754,7 @@ def build_optimizer(config, total_steps, steps_per_epoch=None):
         micro_batch_size=config.micro_batch_size,
         sync_perturbation=config.sync_perturbation,
         seed=config.seed,
-        weight_decay=config.weight_decay if config.weight_decay_mode == "at-w" else 0.0,
+        weight_decay=coupled,
     )
 
 
@@ -942,7 +953,8 @@ def _run_locked(config, resume, callbacks):
         )
         if uses_coupled_l2(config):
             add_coupled_weight_decay(inner, config.weight_decay)
-        optimizer = build_optimizer(config, total_steps, steps_per_epoch)
+        wrapped_sgd = run_files.wraps_the_model(run_dir, state)
+        optimizer = build_optimizer(config, total_steps, steps_per_epoch, wrapped_sgd)
         model = training_model(inner, optimizer)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         if splits.num_classes > 5:
