@@ -4,7 +4,7 @@ For each seed it trains
 
 - bisam-keras: `bisam_keras.experiments.run(config, resume=True)` with the
   `paper-cifar` preset (`bisam_keras.experiments.study.run_config`), resumable;
-- PyTorch: the authors' loop (`benchmarks/torch_train.py`) on exactly the same
+- PyTorch: the authors' loop (`bisam_keras.testing.torch_train`) on exactly the same
   images, train/validation split and noisy labels (read from the Keras run's
   own pipeline), with the same learning rate, momentum, weight decay, batch,
   `rho`, `mu` and epochs;
@@ -204,9 +204,9 @@ def write_section(docs_path, text):
 
 def run_parity(args, command):
     import torch
-    import torch_train
 
     from bisam_keras.experiments import run, run_files
+    from bisam_keras.testing import torch_train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -301,9 +301,8 @@ def run_parity(args, command):
 
 
 def _param_counts(config, model):
-    import torch_train
-
     from bisam_keras import models
+    from bisam_keras.testing.torch_reference import authors_resnet
 
     kwargs = {}
     variant = getattr(config, "model_variant", None)
@@ -311,7 +310,7 @@ def _param_counts(config, model):
         kwargs["variant"] = variant
     keras_model = models.build(config.model, 10, input_shape=(32, 32, 3), **kwargs)
     keras_params = int(sum(int(v.numpy().size) for v in keras_model.trainable_variables))
-    torch_params = sum(p.numel() for p in torch_train.authors_resnet(model).parameters())
+    torch_params = sum(p.numel() for p in authors_resnet(model).parameters())
     return keras_params, int(torch_params)
 
 

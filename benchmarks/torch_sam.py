@@ -12,6 +12,9 @@ w        = base.step(grad)     # second_step: w <- w - e, then the base optimize
 ```
 
 BatchNorm statistics are updated only in the pass at `w`, as in bisam-keras.
+The SAM wrapper, its BatchNorm switches and the -log bound are the shared
+PyTorch reference (`bisam_keras.testing.torch_reference`); this file adds the
+models and the step.
 The models are the CIFAR ResNets of `bisam_keras/models/cifar_resnet.py`
 (no conv bias, BatchNorm eps 1e-5 / momentum 0.1, 1x1 projection with BN when
 the shape changes): ResNet-20 has 272,474 parameters, ResNet-56 855,770.
@@ -19,28 +22,18 @@ the shape changes): ResNet-20 has 272,474 parameters, ResNet-56 855,770.
 Needs PyTorch: `pip install -e ".[bench]"` (CPU: `pip install torch==2.13.0`).
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bisam_keras.testing.torch_reference import (
+    SAM,
+    disable_running_stats,
+    enable_running_stats,
+    neglog_lower_bound,
+)
+
 DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
-NEGLOG_GAMMA = math.log(math.e - 1.0)
-
-
-def neglog_lower_bound(logits, labels, mu=1.5):
-    """BiSAM's -log lower bound Q (Eq. 18), averaged over the batch.
-
-    `phi(x) = 1 - log(1 + exp(gamma - x))`, `gamma = log(e - 1)`, so `phi(0) = 0`;
-    `Q_i = (1/mu) * logsumexp_j(mu * phi(f_j - f_y)) - log(K)/mu`.
-    """
-    logits = logits.float()
-    margins = logits - logits.gather(1, labels[:, None])
-    phi = 1.0 - F.softplus(NEGLOG_GAMMA - margins)
-    num_classes = logits.shape[1]
-    q = torch.logsumexp(mu * phi, dim=1) / mu - math.log(num_classes) / mu
-    return q.mean()
 
 
 class BasicBlock(nn.Module):
@@ -89,68 +82,6 @@ class CifarResNet(nn.Module):
     def forward(self, x):
         x = self.blocks(self.stem(x))
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-def disable_running_stats(model):
-    """Freezes BatchNorm running statistics (davda54's trick: momentum 0)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.backup_momentum = module.momentum
-            module.momentum = 0
-
-
-def enable_running_stats(model):
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and hasattr(
-            module, "backup_momentum"
-        ):
-            module.momentum = module.backup_momentum
-
-
-class SAM(torch.optim.Optimizer):
-    """davda54/sam: the two-step wrapper around a base optimizer."""
-
-    def __init__(self, params, base_optimizer, rho=0.05, **kwargs):
-        if rho < 0.0:
-            raise ValueError(f"`rho` must be >= 0. Received: rho={rho}")
-        super().__init__(params, dict(rho=rho, **kwargs))
-        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
-        self.param_groups = self.base_optimizer.param_groups
-
-    @torch.no_grad()
-    def first_step(self):
-        grad_norm = self._grad_norm()
-        for group in self.param_groups:
-            scale = group["rho"] / (grad_norm + 1e-12)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                self.state[p]["old_p"] = p.data.clone()
-                p.add_(p.grad * scale)  # climb to the local maximum "w + e(w)"
-        self.zero_grad()
-
-    @torch.no_grad()
-    def second_step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                p.data = self.state[p]["old_p"]  # get back to "w" from "w + e(w)"
-        self.base_optimizer.step()  # the sharpness-aware update
-        self.zero_grad()
-
-    def _grad_norm(self):
-        return torch.norm(
-            torch.stack(
-                [
-                    p.grad.norm(p=2)
-                    for g in self.param_groups
-                    for p in g["params"]
-                    if p.grad is not None
-                ]
-            ),
-            p=2,
-        )
 
 
 def make_step(method, model, lr=0.01, momentum=0.9, rho=0.05, mu=1.5):

@@ -356,7 +356,7 @@ def test_parity_section_names_the_machines_that_trained_both_sides(tmp_path):
 
 def test_torch_losses_against_numpy():
     torch = pytest.importorskip("torch")
-    import torch_train
+    from bisam_keras.testing import torch_reference
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 10)) * 3
@@ -368,24 +368,24 @@ def test_torch_losses_against_numpy():
     log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     # KL(target || p) = sum t log t - sum t log p.
     expected = (target * np.log(target)).sum(1) - (target * log_p).sum(1)
-    got = torch_train.smooth_crossentropy(pred, gold, s).numpy()
+    got = torch_reference.smooth_crossentropy(pred, gold, s).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-12)  # float64 throughout
     margins = logits - logits[np.arange(6), labels][:, None]
     phi = 1 - np.log1p(np.exp(np.log(np.e - 1) - margins))
     neglog = np.log(np.exp(1.5 * phi).sum(1))
     np.testing.assert_allclose(
-        torch_train.perturbation_loss_log(pred, gold, 1.5).numpy(), neglog, rtol=1e-12
+        torch_reference.perturbation_loss_log(pred, gold, 1.5).numpy(), neglog, rtol=1e-12
     )
     tanh = np.log(np.exp(10 * np.tanh(0.1 * margins)).sum(1))
     np.testing.assert_allclose(
-        torch_train.perturbation_loss_tanh(pred, gold, 10.0, 0.1).numpy(), tanh, rtol=1e-12
+        torch_reference.perturbation_loss_tanh(pred, gold, 10.0, 0.1).numpy(), tanh, rtol=1e-12
     )
     assert np.array_equal(pred.numpy(), logits)  # unlike the authors' code, not in place
 
 
 def test_torch_augment_is_crop_flip_normalize_cutout():
     torch = pytest.importorskip("torch")
-    import torch_train
+    from bisam_keras.testing import torch_train
 
     images = torch.full((400, 32, 32, 3), 100, dtype=torch.uint8)
     generator = torch.Generator().manual_seed(0)
@@ -411,13 +411,40 @@ def test_torch_augment_is_crop_flip_normalize_cutout():
     assert sizes.max() == 256  # an unclipped square is 16 x 16
 
 
+def test_authors_reference_is_found_and_unknown_modules_are_refused():
+    from bisam_keras import testing
+
+    assert os.path.isfile(os.path.join(testing.AUTHORS_REFERENCE, "resnet.py"))
+    with pytest.raises(FileNotFoundError, match="name='nowhere'"):
+        testing.authors_module("nowhere")
+
+
+def test_torch_bound_and_resnet_are_the_shared_reference():
+    """One PyTorch -log bound (Q, from the authors' per-example loss) and one
+    authors' ResNet (tests/authors_reference), for the tests and benchmarks."""
+    torch = pytest.importorskip("torch")
+    from bisam_keras.testing import torch_reference
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=3.0, size=(8, 10))
+    labels = rng.integers(0, 10, size=8)
+    margins = logits - logits[np.arange(8), labels][:, None]
+    phi = 1 - np.log1p(np.exp(np.log(np.e - 1) - margins))
+    q = (np.log(np.exp(1.5 * phi).sum(1)) - np.log(10)) / 1.5
+    got = torch_reference.neglog_lower_bound(torch.tensor(logits), torch.tensor(labels), 1.5)
+    assert float(got) == pytest.approx(q.mean(), abs=1e-5)  # float32 inside
+    net = torch_reference.authors_resnet("resnet20")
+    assert type(net).__module__ == "authors_reference_resnet"
+    assert sum(p.numel() for p in net.parameters()) == 269_722
+
+
 @needs_cifar
 def test_torch_data_is_the_keras_runs_data():
     pytest.importorskip("torch")
     import tensorflow as tf
-    import torch_train
 
     from bisam_keras.data import read_tfrecord_folder
+    from bisam_keras.testing import torch_train
 
     config = torch_train.keras_config(CIFAR10, "sam", seed=3, subset=600, label_noise=0.4, epochs=1)
     arrays = torch_train.keras_run_arrays(config)
@@ -444,7 +471,7 @@ def test_torch_data_is_the_keras_runs_data():
     # epoch of its own training pipeline, augmentation off.
     from bisam_keras import data as data_lib
 
-    kwargs = torch_train.load_kwargs(config)
+    kwargs = study_runs.load_kwargs(config)
     splits = data_lib.load(config.dataset, **kwargs)
     pairs = sorted(
         (torch_train._to_uint8(x.numpy()[None], splits.mean, splits.std)[0].tobytes(), int(y))
