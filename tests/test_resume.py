@@ -143,16 +143,15 @@ def test_an_sgd_run_saved_with_the_sam_wrapper_resumes_with_it(tmp_path, monkeyp
 
 
 def test_an_unreadable_backup_says_what_to_delete(tmp_path, capsys):
-    # A backup of keras.callbacks.BackupAndRestore (earlier versions) whose
-    # weights file a kill left empty.
+    # A committed backup whose weights file a damaged disk left empty.
     config = RunConfig(output=str(tmp_path), epochs=3, **BASE)
     backup = os.path.join(config.run_dir(), "backup")
     os.makedirs(backup)
     with open(os.path.join(config.run_dir(), "config.json"), "w") as f:
         json.dump(runner.recorded_config(config), f)
-    with open(os.path.join(backup, "training_metadata.json"), "w") as f:
-        json.dump({"epoch": 1, "batch": 0}, f)
-    open(os.path.join(backup, "latest.weights.h5"), "wb").close()
+    with open(os.path.join(backup, "state.json"), "w") as f:
+        json.dump({"epoch": 1, "weights": "epoch-1.weights.h5"}, f)
+    open(os.path.join(backup, "epoch-1.weights.h5"), "wb").close()
     argv = ["train", "--subset", "900", "--batch-size", "64", "--method", "sgd", "--epochs", "3"]
     with pytest.raises(SystemExit) as info:
         cli.main([*argv, "--output", str(tmp_path), "--verbose", "0", "--resume"])
@@ -160,7 +159,7 @@ def test_an_unreadable_backup_says_what_to_delete(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err
-    assert f"cannot read the backup {os.path.join(backup, 'latest.weights.h5')}" in err
+    assert f"cannot read the backup {os.path.join(backup, 'epoch-1.weights.h5')}" in err
     assert f"Delete the folder {backup} and rerun with --resume" in err
 
 

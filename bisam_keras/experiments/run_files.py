@@ -27,11 +27,8 @@ COMMITTED = (
     "best.keras",
     "history.csv",
     "backup/state.json",
-    "backup/training_metadata.json",
-    "backup/latest.weights.h5",
 )
-"""The files of a run folder that hold finished epochs (`backup/`'s last two:
-the backups of `keras.callbacks.BackupAndRestore`, of earlier versions)."""
+"""The files of a run folder that hold finished epochs."""
 REPORTED = ("dataset", "model", "method", "seed")
 """The keys of `result.json` that `report` groups the runs by."""
 PRINTED = ("val_accuracy", "epoch", "epochs_run", "test_accuracy")
@@ -153,15 +150,6 @@ def read_state(run_dir):
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise BackupError(unreadable(path, error, backup)) from None
         return state
-    # A backup of keras.callbacks.BackupAndRestore, from before `state.json`.
-    metadata = os.path.join(backup, "training_metadata.json")
-    if os.path.exists(metadata) or os.path.exists(os.path.join(backup, "latest.weights.h5")):
-        try:
-            with open(metadata) as f:
-                epoch = int(json.load(f)["epoch"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise BackupError(unreadable(metadata, error, backup)) from None
-        return {"epoch": epoch, "weights": "latest.weights.h5", "legacy": True}
     return None
 
 

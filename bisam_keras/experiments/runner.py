@@ -768,22 +768,17 @@ def read_history(path):
     return history
 
 
-def history_rows(path, first_epoch=1):
+def history_rows(path):
     """The rows of `history.csv` as `[{epoch, metric: float}]`, one per epoch
-    (the last row of each epoch wins), epochs numbered from 1.
-
-    Args:
-        path: the file; a missing file has no rows.
-        first_epoch: the number of the first epoch in the file: `0` for the
-            files of earlier versions. Defaults to `1`.
-    """
+    (the last row of each epoch wins), epochs numbered from 1; a missing file
+    has no rows."""
     if not os.path.exists(path):
         return []
     rows = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
-                epoch = int(row["epoch"]) + 1 - first_epoch
+                epoch = int(row["epoch"])
             except (TypeError, ValueError):
                 continue
             rows[epoch] = {
@@ -864,18 +859,13 @@ def _resume_point(config, resume):
     if os.path.exists(result_path):
         return run_files.read_result(result_path, run_files.PRINTED), None, []
     state = read_state(run_dir)
-    legacy = bool(state and state.get("legacy"))
     done = state["epoch"] if state else 0
-    rows = history_rows(os.path.join(run_dir, "history.csv"), 0 if legacy else 1)
+    rows = history_rows(os.path.join(run_dir, "history.csv"))
     if not state:
         run_files.check_nothing_finished(run_dir, len(rows))
         print("resuming at epoch 1: no epoch of this run had finished", flush=True)
         return None, None, []
     rows = [r for r in rows if r["epoch"] <= done]
-    if legacy:
-        best = protocol.best_epoch(_columns(rows)) + 1 if rows else None
-        state["best_epoch"], state["best_model"] = best, None
-        state["best_value"] = _monitor_value(rows[best - 1]) if rows else None
     install_best(run_dir, state)
     weights = os.path.join(run_dir, "backup", state["weights"])
     print(f"resuming at epoch {done + 1}, from {weights}", flush=True)
@@ -1043,16 +1033,3 @@ def check_resumable(config):
         f"{listed}. Resume it with its own settings, or choose another --output (or seed) "
         "for a new run."
     )
-
-
-def _columns(rows):
-    columns = {}
-    for row in rows:
-        for name, value in row.items():
-            columns.setdefault(name, []).append(value)
-    return columns
-
-
-def _monitor_value(row, monitor="val_accuracy"):
-    value = row.get(monitor, math.nan)
-    return -math.inf if math.isnan(value) else value

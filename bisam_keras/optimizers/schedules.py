@@ -6,15 +6,6 @@ import keras
 import tensorflow as tf
 
 
-def epoch_cosine(initial_learning_rate, epoch, epochs):
-    """`lr0 * (1 + cos(pi * epoch / epochs)) / 2`: PyTorch's `CosineAnnealingLR`.
-
-    The closed form of `CosineAnnealingLR(T_max=epochs, eta_min=0)` after
-    `epoch` calls of `scheduler.step()`.
-    """
-    return 0.5 * initial_learning_rate * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
 @keras.saving.register_keras_serializable(package="bisam_keras")
 class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Cosine decay to 0 over `epochs`, constant within each epoch.
