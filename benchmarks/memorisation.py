@@ -1,193 +1,24 @@
-"""How much of the wrong labels each run of the label-noise study has learnt.
+"""How much of the wrong labels each run of the label-noise study has learnt (command line).
 
-SAM's advantage under label noise (the paper's Table 9) is that it memorises
-fewer of the wrong labels than SGD. This script measures that directly on the
-finished runs of `benchmarks/reproduce.py` whose selected model (`best.keras`,
-the epoch `result.json` reports) is on disk. It predicts every training image
-without augmentation and splits the training examples by whether the run's
-label-noise draw kept their label (clean) or replaced it (noisy):
-
-- `clean_accuracy`: on the clean examples, the share predicted as labelled;
-- `noisy_memorised`: on the noisy examples, the share predicted as the *wrong*
-  label the run trained on (memorisation);
-- `noisy_true`: on the noisy examples, the share predicted as the true label
-  (the clean signal winning over the noise);
-- `noisy_other`: the rest of the noisy examples.
-
-A network that memorised everything has `noisy_memorised` 1. One that
-memorised nothing still predicts some wrong labels by mistake: the noise
-replaces a label by one of the other `K - 1` classes uniformly, independently
-of the image, so a prediction that does not depend on that draw hits it with
-probability `(1 - noisy_true) / (K - 1)` (`noisy_chance`). `noisy_memorised`
-above `noisy_chance` is memorisation.
+Measures, on each finished run of the study whose selected model (`best.keras`)
+is on disk, the share of its training examples predicted as their given and
+their true labels, clean and noisy apart (`bisam_keras.experiments.
+study_memorisation`), writes `<output>/memorisation.json` and fills the
+memorisation section of the report.
 
 ```
 python benchmarks/memorisation.py                       # results/label-noise, docs/results.md
 python benchmarks/memorisation.py --output DIR --docs F --data-dir ../shared/data/cifar10
 ```
-
-The true labels come from loading the same run's data with `label_noise=0`:
-the split, the subset and the images do not depend on the noise rate, only the
-labels do (checked: the two loads must hold the same images).
 """
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 
-import numpy as np
-
-from bisam_keras.experiments import study, study_report, study_runs
+from bisam_keras.experiments import study, study_memorisation, study_report, study_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def fractions(predicted, given, true, num_classes):
-    """The shares of `predicted` that match the given and the true labels.
-
-    Args:
-        predicted: int array `(n,)`, the model's classes.
-        given: int array `(n,)`, the labels the run trained on (noisy).
-        true: int array `(n,)`, the labels before the noise.
-        num_classes: `K`, for `noisy_chance`.
-
-    Returns:
-        A dict: `num_clean`, `num_noisy` (counts), `clean_accuracy`,
-        `noisy_memorised`, `noisy_true`, `noisy_other`, and `noisy_chance`
-        (`(1 - noisy_true) / (K - 1)`, the `noisy_memorised` of a model that
-        memorised nothing); shares, `None` where their group is empty.
-    """
-    predicted, given, true = (np.asarray(a).reshape(-1) for a in (predicted, given, true))
-    if not predicted.shape == given.shape == true.shape:
-        raise ValueError(
-            "`predicted`, `given` and `true` must have the same length. Received: "
-            f"{predicted.shape[0]}, {given.shape[0]}, {true.shape[0]}"
-        )
-    noisy = given != true
-    clean = ~noisy
-
-    def share(hits, group):
-        return float(np.mean(hits[group])) if group.any() else None
-
-    memorised = share(predicted == given, noisy)
-    true_share = share(predicted == true, noisy)
-    return {
-        "num_clean": int(clean.sum()),
-        "num_noisy": int(noisy.sum()),
-        "clean_accuracy": share(predicted == given, clean),
-        "noisy_memorised": memorised,
-        "noisy_true": true_share,
-        "noisy_other": None if memorised is None else 1.0 - memorised - true_share,
-        "noisy_chance": None if true_share is None else (1.0 - true_share) / (num_classes - 1),
-    }
-
-
-def _train_part(config):
-    """The normalized training images (no augmentation) and their labels, in a
-    fixed order: sorted by image bytes (stable, so equal images keep the
-    pipeline's order)."""
-    from bisam_keras import data as data_lib
-
-    splits = data_lib.load(config.dataset, **study_runs.load_kwargs(config))
-    x, y = study_runs.read_split(splits.train)
-    order = sorted(range(len(x)), key=lambda i: x[i].tobytes())
-    return x[order], y[order], splits.noisy_label_fraction
-
-
-def labelled_train_part(config):
-    """`(images, given labels, true labels, noisy fraction)` of a run's train part.
-
-    Loads the run's data twice, as the runner does but without augmentation:
-    with its label noise and with none. Raises `ValueError` if the two loads
-    do not hold the same images.
-    """
-    x, given, fraction = _train_part(config)
-    x_clean, true, _ = _train_part(dataclasses.replace(config, label_noise=0.0))
-    if x.shape != x_clean.shape or not np.array_equal(x, x_clean):
-        raise ValueError(
-            "The run's training images depend on `label_noise`; the true labels cannot "
-            f"be matched. Received: label_noise={config.label_noise}"
-        )
-    return x, given, true, fraction
-
-
-def measure(run, batch_size=500, data_dir=None):
-    """`fractions` of one finished run (a `study_runs.collect` entry), or `None`
-    when its `best.keras` is not on disk. `data_dir` replaces the run's own
-    (the same data in another place)."""
-    import keras
-
-    from bisam_keras.experiments import RunConfig
-
-    path = os.path.join(run["run_dir"], "best.keras")
-    if not os.path.exists(path):
-        return None
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    config = RunConfig(**{k: v for k, v in run["config"].items() if k in fields})
-    if data_dir is not None:
-        config = dataclasses.replace(config, data_dir=data_dir)
-    x, given, true, fraction = labelled_train_part(config)
-    model = keras.saving.load_model(path, compile=False)
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
-    out = fractions(np.argmax(probabilities, axis=-1), given, true, probabilities.shape[-1])
-    out.update(
-        noise=run["noise"],
-        method=run["method"],
-        seed=run["seed"],
-        epoch=run["result"]["epoch"],
-        test_accuracy=run["result"]["test_accuracy"],
-        noisy_label_fraction=fraction,
-    )
-    return out
-
-
-def _label(method):
-    from bisam_keras.experiments.methods import LABELS
-
-    return LABELS.get(method, method)
-
-
-def _pct(value):
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def section(rows, skipped, command):
-    """The markdown of the results page's memorisation section."""
-    lines = [
-        "Measured by [`benchmarks/memorisation.py`](../benchmarks/memorisation.py) on each "
-        "run's selected model (`best.keras`, the epoch the table reports), over its "
-        "training images without augmentation. *Clean*: examples whose label the noise "
-        "kept; *noisy*: those whose label it replaced by a wrong one, drawn uniformly from "
-        "the other K - 1 classes. A model that memorised none of the noise predicts the "
-        "true label on the noisy examples about as often as on the clean ones, and the "
-        "wrong label only by mistake: with probability (1 - its share of true labels) / "
-        "(K - 1), the *no-memorisation level*. Predicting the wrong label more often than "
-        "that is memorisation.",
-        "",
-        "| Noise | Method | Seed | Epoch | Clean: predicted as labelled | Noisy: the true "
-        "label | Noisy: the wrong label | No-memorisation level | Test accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {100 * r['noise']:.0f}% | {_label(r['method'])} "
-            f"| {r['seed']} | {r['epoch']} | {_pct(r['clean_accuracy'])}% "
-            f"| {_pct(r['noisy_true'])}% | {_pct(r['noisy_memorised'])}% "
-            f"| {_pct(r['noisy_chance'])}% | {_pct(r['test_accuracy'])}% |"
-        )
-    lines.append("")
-    if skipped:
-        lines.append(
-            "Not measured (their `best.keras` is not in the repository, which keeps the "
-            "runs' small files only, and was not on the measuring machine): "
-            + ", ".join(skipped)
-            + "."
-        )
-        lines.append("")
-    lines += ["```", command, "```"]
-    return "\n".join(lines)
 
 
 def build_parser():
@@ -201,32 +32,18 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    runs = study_runs.collect(args.output)
-    if not runs:
+    if not study_runs.collect(args.output):
         raise SystemExit(f"no finished runs below {args.output!r}")
-    path = os.path.join(args.output, "memorisation.json")
-    saved = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = {(r["noise"], r["method"], r["seed"]): r for r in json.load(f)}
-    rows, skipped = [], []
-    for run in runs:
-        key = (run["noise"], run["method"], run["seed"])
-        row = measure(run, data_dir=args.data_dir)
-        if row is None:
-            row = saved.get(key)  # measured earlier, on a machine that had the model
-        if row is None:
-            skipped.append(f"{100 * run['noise']:.0f}% {_label(run['method'])} seed {run['seed']}")
-            continue
-        rows.append(row)
-        print(json.dumps(row))
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=2)
+    rows, skipped = study_memorisation.measure_runs(args.output, data_dir=args.data_dir)
     command = "python benchmarks/memorisation.py " + " ".join(
         sys.argv[1:] if argv is None else list(argv)
     )
-    study_report.replace_section(args.docs, "memorisation", section(rows, skipped, command.strip()))
-    print(f"wrote {path} and the memorisation section of {args.docs}")
+    text = study_memorisation.section(rows, skipped, command.strip())
+    study_report.replace_section(args.docs, "memorisation", text)
+    print(
+        f"wrote {os.path.join(args.output, 'memorisation.json')} and the memorisation "
+        f"section of {args.docs}"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""benchmarks/memorisation.py: what share of the wrong labels a run has learnt.
+"""bisam_keras.experiments.study_memorisation (and its command line,
+benchmarks/memorisation.py): what share of the wrong labels a run has learnt.
 
 The shares are checked against counts done by hand; the true labels against
 the data's own noise draw (digits, offline); the whole script on a finished
@@ -18,7 +19,12 @@ sys.path.insert(0, str(BENCHMARKS))
 import memorisation  # noqa: E402
 import reproduce  # noqa: E402
 
-from bisam_keras.experiments import study, study_report, study_runs  # noqa: E402
+from bisam_keras.experiments import (  # noqa: E402
+    study,
+    study_memorisation,
+    study_report,
+    study_runs,
+)
 
 
 def test_fractions_against_hand_counts():
@@ -28,7 +34,7 @@ def test_fractions_against_hand_counts():
     # clean (0-3): right on 0, 1, 3 -> 3/4. noisy (4-7): 4 predicts the wrong
     # label 9, 5 and 6 the true one, 7 neither. With K = 10 classes, a model
     # blind to the noise draw would hit the wrong label on (1 - 2/4) / 9 of them.
-    out = memorisation.fractions(predicted, given, true, 10)
+    out = study_memorisation.fractions(predicted, given, true, 10)
     assert out == {
         "num_clean": 4,
         "num_noisy": 4,
@@ -38,10 +44,10 @@ def test_fractions_against_hand_counts():
         "noisy_other": 0.25,
         "noisy_chance": 0.5 / 9,
     }
-    clean_only = memorisation.fractions([1, 2], [1, 3], [1, 3], 10)
+    clean_only = study_memorisation.fractions([1, 2], [1, 3], [1, 3], 10)
     assert clean_only["num_noisy"] == 0 and clean_only["noisy_memorised"] is None
     with pytest.raises(ValueError, match="same length. Received: 2, 3, 3"):
-        memorisation.fractions([0, 1], [0, 1, 2], [0, 1, 2], 10)
+        study_memorisation.fractions([0, 1], [0, 1, 2], [0, 1, 2], 10)
 
 
 def _digits_config(tmp_path, epochs=1):
@@ -59,7 +65,7 @@ def test_true_labels_are_the_noise_draws_own(tmp_path):
     from sklearn.datasets import load_digits
 
     config = _digits_config(tmp_path)
-    x, given, true, fraction = memorisation.labelled_train_part(config)
+    x, given, true, fraction = study_memorisation.labelled_train_part(config)
     noisy = given != true
     assert len(x) == len(given) == len(true) == 270  # 300 - 10% validation
     assert noisy.mean() == pytest.approx(fraction) and fraction == pytest.approx(0.4, abs=0.01)
@@ -95,7 +101,7 @@ def test_script_on_a_finished_run(tmp_path):
     memorisation.main(["--output", config.output, "--docs", str(docs)])
     (row,) = json.loads((Path(config.output) / "memorisation.json").read_text())
     # Independently: the model's predictions on the same images.
-    x, given, true, _ = memorisation.labelled_train_part(config)
+    x, given, true, _ = study_memorisation.labelled_train_part(config)
     model = keras.saving.load_model(str(Path(config.run_dir()) / "best.keras"), compile=False)
     # The script's batch size: the same kernels, so no argmax can flip on a near-tie.
     predicted = model.predict(x, batch_size=500, verbose=0).argmax(-1)
