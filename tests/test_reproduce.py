@@ -1,6 +1,6 @@
-"""The label-noise study: `bisam_keras.experiments.study` and `study_report`, and
-their command line `benchmarks/reproduce.py`; the PyTorch side of the parity
-check (`benchmarks/torch_train.py`, `benchmarks/parity.py`).
+"""The label-noise study: `bisam_keras.experiments.study`, `study_runs` and
+`study_report`, and their command line `benchmarks/reproduce.py`; the parity
+check (`study_parity`) and its PyTorch side (`bisam_keras.testing`).
 
 Fast tests check the study's logic on the offline digits dataset (resume,
 skipping finished runs, the report's arithmetic, the report file) and the
@@ -24,7 +24,12 @@ sys.path.insert(0, str(BENCHMARKS))
 import reproduce  # noqa: E402
 from paths import CIFAR10_DIR  # noqa: E402
 
-from bisam_keras.experiments import study, study_report, study_runs  # noqa: E402
+from bisam_keras.experiments import (  # noqa: E402
+    study,
+    study_parity,
+    study_report,
+    study_runs,
+)
 
 CIFAR10 = CIFAR10_DIR
 needs_cifar = pytest.mark.skipif(
@@ -295,11 +300,9 @@ def test_report_writes_table_curves_and_keeps_hand_written_text(tmp_path):
 
 
 def test_parity_agreement_against_hand_computation():
-    import parity
-
     keras_curves = [[0.50, 0.60], [0.52, 0.64], [0.54, 0.62]]
     torch_curves = [[0.51, 0.70], [0.53, 0.71], [0.49, 0.72]]
-    rows = parity.agreement(keras_curves, torch_curves)
+    rows = study_parity.agreement(keras_curves, torch_curves)
     # Epoch 1: means 0.52 vs 0.51; sample variances 4e-4 and 4e-4 -> SE = sqrt(8e-4/3).
     assert rows[0]["diff"] == pytest.approx(0.01)
     assert rows[0]["se"] == pytest.approx(math.sqrt(8e-4 / 3))
@@ -311,19 +314,17 @@ def test_parity_agreement_against_hand_computation():
 
 
 def test_smoothed_target_entropy_against_numpy():
-    import parity
-
     for smoothing, k in ((0.1, 10), (0.1, 100), (0.0, 10), (0.3, 3)):
         target = np.full(k, smoothing / (k - 1))
         target[0] = 1.0 - smoothing
         nonzero = target[target > 0]
         expected = float(-(nonzero * np.log(nonzero)).sum())
-        assert parity.smoothed_target_entropy(smoothing, k) == pytest.approx(expected, rel=1e-12)
+        assert study_parity.smoothed_target_entropy(smoothing, k) == pytest.approx(
+            expected, rel=1e-12
+        )
 
 
 def test_parity_section_names_the_machines_that_trained_both_sides(tmp_path):
-    import parity
-
     dirs = []
     for side, isa in (("keras", "AVX2"), ("torch", "AVX2"), ("torch2", "AVX-512")):
         run_dir = tmp_path / side
@@ -334,7 +335,7 @@ def test_parity_section_names_the_machines_that_trained_both_sides(tmp_path):
         line = {"utc": "2026-01-01T00:00:00Z", "epochs_before": 0, "machine": machine}
         (run_dir / study_runs.MACHINES_FILE).write_text(json.dumps(line) + "\n")
         dirs.append(str(run_dir))
-    machines = parity.machines_of(dirs + [str(tmp_path / "none")])
+    machines = study_parity.machines_of(dirs + [str(tmp_path / "none")])
     assert machines == [
         "Machine: Test CPU, 2 cores, AVX-512, oneDNN on, TF threads intra/inter "
         "default/default, TF 2.x",
@@ -346,8 +347,23 @@ def test_parity_section_names_the_machines_that_trained_both_sides(tmp_path):
     summary.update(epochs=1, seeds=[0, 1], keras_params=1, torch_params=1, quick=False)
     summary.update(agreement={"test_accuracy": [row]}, agree=True)
     summary.update(epochs_within=1, epochs_checked=1, machines=machines)
-    text = parity.section(summary, "p.png", "python benchmarks/parity.py")
+    text = study_parity.section(summary, "p.png", "python benchmarks/parity.py")
     assert "Trained on: " + "; ".join(machines) + "." in text
+
+
+def test_parity_section_replaces_its_own_or_is_appended(tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text("# R\n\n<!-- parity:begin -->\nold\n<!-- parity:end -->\n\n## After\n")
+    study_parity.write_section(str(page), "new")
+    assert page.read_text() == (
+        "# R\n\n<!-- parity:begin -->\nnew\n<!-- parity:end -->\n\n## After\n"
+    )
+    other = tmp_path / "other.md"
+    other.write_text("# O\n")
+    study_parity.write_section(str(other), "new")
+    assert other.read_text() == (
+        "# O\n\n## PyTorch parity\n\n<!-- parity:begin -->\nnew\n<!-- parity:end -->\n"
+    )
 
 
 # ---------------------------------------------------------------------------
