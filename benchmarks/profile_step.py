@@ -83,10 +83,8 @@ def build_inputs(batch_size):
 
 def profile_keras(model_name, method, x, y, warmup, steps, jit_compile):
     import tensorflow as tf
+    from vs_pytorch import keras_step  # a sibling: benchmarks/ is this script's folder
     from xprof.convert import raw_to_tool_data
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from vs_pytorch import keras_step
 
     step, _ = keras_step(method, model_name, x, y, jit_compile)
     for _ in range(warmup):
@@ -110,9 +108,7 @@ def profile_keras(model_name, method, x, y, warmup, steps, jit_compile):
 
 def profile_torch(model_name, method, x, y, warmup, steps):
     import torch
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from vs_pytorch import torch_step
+    from vs_pytorch import torch_step  # a sibling: benchmarks/ is this script's folder
 
     step, _ = torch_step(method, model_name, x, y, channels_last=False)
     for _ in range(warmup):
