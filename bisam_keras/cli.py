@@ -27,6 +27,8 @@ import sys
 import tempfile
 import threading
 
+from bisam_keras.sharpness import runs as sharpness_runs
+
 # The names the flags accept, without importing TensorFlow (tests/test_cli.py
 # checks them against `bisam_keras.data.names()`, `bisam_keras.models.names()`
 # and `bisam_keras.experiments.METHODS`).
@@ -351,6 +353,7 @@ def _report(output):
         if rows:
             tables.append((metric, rows))
     markdown = "\n".join(protocol.markdown_table(rows) for _, rows in tables)
+    markdown += sharpness_runs.report(output, results, tables, skipped)
     with open(os.path.join(output, "results.md"), "w") as f:
         f.write(markdown)
     with open(os.path.join(output, "results.csv"), "w", newline="") as f:
@@ -385,6 +388,9 @@ def build_parser():
     report = sub.add_parser("report", help="tables and plots from saved runs")
     report.add_argument("--output", default="runs")
     sub.add_parser("models", help="list the model names")
+    sharpness_runs.add_arguments(
+        sub.add_parser("sharpness", help="measure the sharpness of finished runs' best.keras")
+    )
     return parser
 
 
@@ -462,6 +468,11 @@ def main(argv=None):
     configs = []
     previous_sigterm = _handle_sigterm()
     try:
+        if args.command == "sharpness":  # the run folders are checked before TensorFlow
+            sharpness_runs.check_arguments(args)
+            _import_tensorflow(None)
+            sharpness_runs.main(args)
+            return 0
         if args.command == "report":
             if not os.path.isdir(args.output):
                 raise ValueError(f"`output` must be a folder of runs. Received: {args.output!r}")

@@ -20,26 +20,34 @@ are used as given); a fixed subset (`num_examples`, `seed`) and seeded NumPy
 draws, so two models are measured on the same examples and perturbations. No
 weight is ever written: the model is evaluated at `w + delta` by
 `model.stateless_call`.
+
+The names are loaded on first use (PEP 562), so that `bisam_keras.sharpness.runs`
+(the `bisam-keras sharpness` command's flags) can be read without importing
+TensorFlow.
 """
 
-from bisam_keras.sharpness import objectives
-from bisam_keras.sharpness.average import average_case
-from bisam_keras.sharpness.data import Examples, select
-from bisam_keras.sharpness.hessian import (
-    hessian_eigenvalues,
-    hessian_trace,
-    hessian_vector_product,
-)
-from bisam_keras.sharpness.landscape import (
-    direction_between,
-    loss_landscape,
-    normalize_direction,
-    random_directions,
-)
-from bisam_keras.sharpness.objectives import Objective
-from bisam_keras.sharpness.plots import plot_landscape
-from bisam_keras.sharpness.results import HessianEigenvalues, LossLandscape, SharpnessResult
-from bisam_keras.sharpness.worst import worst_case
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
+    from bisam_keras.sharpness import objectives
+    from bisam_keras.sharpness.average import average_case
+    from bisam_keras.sharpness.data import Examples, select
+    from bisam_keras.sharpness.hessian import (
+        hessian_eigenvalues,
+        hessian_trace,
+        hessian_vector_product,
+    )
+    from bisam_keras.sharpness.landscape import (
+        direction_between,
+        loss_landscape,
+        normalize_direction,
+        random_directions,
+    )
+    from bisam_keras.sharpness.objectives import Objective
+    from bisam_keras.sharpness.plots import plot_landscape
+    from bisam_keras.sharpness.results import HessianEigenvalues, LossLandscape, SharpnessResult
+    from bisam_keras.sharpness.worst import worst_case
 
 __all__ = [
     "Examples",
@@ -60,3 +68,36 @@ __all__ = [
     "select",
     "worst_case",
 ]
+
+_LAZY = {
+    "Examples": "data",
+    "select": "data",
+    "average_case": "average",
+    "hessian_eigenvalues": "hessian",
+    "hessian_trace": "hessian",
+    "hessian_vector_product": "hessian",
+    "direction_between": "landscape",
+    "loss_landscape": "landscape",
+    "normalize_direction": "landscape",
+    "random_directions": "landscape",
+    "Objective": "objectives",
+    "plot_landscape": "plots",
+    "HessianEigenvalues": "results",
+    "LossLandscape": "results",
+    "SharpnessResult": "results",
+    "worst_case": "worst",
+}
+
+
+def __getattr__(name):
+    if name == "objectives":
+        return importlib.import_module("bisam_keras.sharpness.objectives")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bisam_keras.sharpness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bisam_keras.sharpness.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
