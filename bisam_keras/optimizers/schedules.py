@@ -56,3 +56,28 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
             "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch,
         }
+
+
+@keras.saving.register_keras_serializable(package="bisam_keras")
+class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over `warmup_steps`, then linear decay to 0."""
+
+    def __init__(self, peak, warmup_steps, total_steps):
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        decay = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        up = self.peak * step / warmup
+        down = self.peak * tf.maximum(0.0, 1.0 - (step - self.warmup_steps) / decay)
+        return tf.where(step < self.warmup_steps, up, down)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
