@@ -139,41 +139,31 @@ def _pct(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def section(rows, skipped, command):
-    """The markdown of the results page's memorisation section."""
+TEMPLATE = study_report.template_path("memorisation")
+"""The Markdown template of the section."""
+NOT_MEASURED = (
+    "Not measured (their `best.keras` is not in the repository, which keeps the runs' small "
+    "files only, and was not on the measuring machine): {}.\n\n"
+)
+"""The section's line for the runs whose model was measured nowhere."""
+
+
+def section(rows, skipped, command, template=TEMPLATE):
+    """The Markdown of the results page's memorisation section (from `template`)."""
     lines = [
-        "Measured by [`benchmarks/memorisation.py`](../benchmarks/memorisation.py) on each "
-        "run's selected model (`best.keras`, the epoch the table reports), over its "
-        "training images without augmentation. *Clean*: examples whose label the noise "
-        "kept; *noisy*: those whose label it replaced by a wrong one, drawn uniformly from "
-        "the other K - 1 classes. A model that memorised none of the noise predicts the "
-        "true label on the noisy examples about as often as on the clean ones, and the "
-        "wrong label only by mistake: with probability (1 - its share of true labels) / "
-        "(K - 1), the *no-memorisation level*. Predicting the wrong label more often than "
-        "that is memorisation.",
-        "",
-        "| Noise | Method | Seed | Epoch | Clean: predicted as labelled | Noisy: the true "
-        "label | Noisy: the wrong label | No-memorisation level | Test accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {100 * r['noise']:.0f}% | {study_report.label(r['method'])} "
+        f"| {r['seed']} | {r['epoch']} | {_pct(r['clean_accuracy'])}% "
+        f"| {_pct(r['noisy_true'])}% | {_pct(r['noisy_memorised'])}% "
+        f"| {_pct(r['noisy_chance'])}% | {_pct(r['test_accuracy'])}% |"
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {100 * r['noise']:.0f}% | {study_report.label(r['method'])} "
-            f"| {r['seed']} | {r['epoch']} | {_pct(r['clean_accuracy'])}% "
-            f"| {_pct(r['noisy_true'])}% | {_pct(r['noisy_memorised'])}% "
-            f"| {_pct(r['noisy_chance'])}% | {_pct(r['test_accuracy'])}% |"
-        )
-    lines.append("")
-    if skipped:
-        lines.append(
-            "Not measured (their `best.keras` is not in the repository, which keeps the "
-            "runs' small files only, and was not on the measuring machine): "
-            + ", ".join(skipped)
-            + "."
-        )
-        lines.append("")
-    lines += ["```", command, "```"]
-    return "\n".join(lines)
+    values = {
+        "rows": "".join("\n" + line for line in lines),
+        "skipped": NOT_MEASURED.format(", ".join(skipped)) if skipped else "",
+        "command": command,
+    }
+    with open(template) as f:
+        return study_report.render(f.read(), values)
 
 
 def measure_runs(output, data_dir=None, log=print):

@@ -119,57 +119,49 @@ def plot(keras_histories, torch_histories, path, torch_loss_offset=0.0):
     return path
 
 
-def section(summary, png_name, command):
-    """The Markdown of the parity section."""
+TEMPLATE = study_report.template_path("parity")
+"""The Markdown template of the section."""
+SMOKE = (
+    "**Status: a smoke run ({} seed(s), {} epoch(s)), not the parity check: it shows that both "
+    "sides run on the same data; the verdict below means nothing at this size. Run the command "
+    "without `--quick`.**\n\n"
+)
+"""The section's first line for fewer than 3 seeds or 3 epochs."""
+VERDICTS = {
+    True: "**They agree within seed noise**",
+    False: "**They do NOT agree within seed noise**",
+}
+
+
+def section(summary, png_name, command, template=TEMPLATE):
+    """The Markdown of the parity section (from `template`)."""
     s = summary
-    lines = []
-    if len(s["seeds"]) < 3 or s["epochs"] < 3:
-        lines += [
-            f"**Status: a smoke run ({len(s['seeds'])} seed(s), {s['epochs']} epoch(s)), not "
-            "the parity check: it shows that both sides run on the same data; the verdict "
-            "below means nothing at this size. Run the command without `--quick`.**",
-            "",
-        ]
-    lines += [
-        f"Method `{s['method']}`, model `{s['model']}`, {s['num_train']} training images "
-        f"({100 * s['label_noise']:.0f}% noisy labels), {s['epochs']} epochs, seeds "
-        f"{s['seeds']}. Both sides train on the same images, split and noisy labels (the "
-        "PyTorch side reads them from the Keras run's pipeline). Parameters: bisam-keras "
-        f"{s['keras_params']:,}, PyTorch (authors' ResNet) {s['torch_params']:,}.",
-        "",
-        f"![PyTorch parity]({png_name})",
-        "",
-        "| Epoch | Keras test acc. | PyTorch test acc. | Difference | 3 × SE | Within |",
-        "|---:|---:|---:|---:|---:|---|",
+    rows = [
+        f"| {r['epoch']} | {100 * r['keras_mean']:.2f} | {100 * r['torch_mean']:.2f} | "
+        f"{100 * r['diff']:+.2f} | {300 * r['se']:.2f} | {'yes' if r['ok'] else '**no**'} |"
+        for r in s["agreement"]["test_accuracy"]
     ]
-    for r in s["agreement"]["test_accuracy"]:
-        lines.append(
-            f"| {r['epoch']} | {100 * r['keras_mean']:.2f} | {100 * r['torch_mean']:.2f} | "
-            f"{100 * r['diff']:+.2f} | {300 * r['se']:.2f} | {'yes' if r['ok'] else '**no**'} |"
-        )
-    verdict = (
-        "**They agree within seed noise**"
-        if s["agree"]
-        else "**They do NOT agree within seed noise**"
-    )
-    machines = s.get("machines") or ["not recorded"]
-    lines += [
-        "",
-        "Trained on: " + "; ".join(machines) + ".",
-        "",
-        f"{verdict}: the per-epoch difference of the means of the test accuracy and of the "
-        "training accuracy is within three standard errors of that difference (from the "
-        f"seeds' sample standard deviations) at {s['epochs_within']} of {s['epochs_checked']} "
-        "(epoch, metric) pairs. The training-loss panel is for reading only: both curves are "
-        "the smoothed cross-entropy at `w` on the augmented noisy labels, without any "
-        "weight-decay term (the PyTorch side's KL divergence plus the smoothed target's "
-        "constant entropy).",
-        "",
-        "```",
-        command,
-        "```",
-    ]
-    return "\n".join(lines)
+    smoke = len(s["seeds"]) < 3 or s["epochs"] < 3
+    values = {
+        "smoke": SMOKE.format(len(s["seeds"]), s["epochs"]) if smoke else "",
+        "method": s["method"],
+        "model": s["model"],
+        "num_train": s["num_train"],
+        "noise": f"{100 * s['label_noise']:.0f}",
+        "epochs": s["epochs"],
+        "seeds": s["seeds"],
+        "keras_params": f"{s['keras_params']:,}",
+        "torch_params": f"{s['torch_params']:,}",
+        "png": png_name,
+        "rows": "".join("\n" + row for row in rows),
+        "machines": "; ".join(s.get("machines") or ["not recorded"]),
+        "verdict": VERDICTS[bool(s["agree"])],
+        "epochs_within": s["epochs_within"],
+        "epochs_checked": s["epochs_checked"],
+        "command": command,
+    }
+    with open(template) as f:
+        return study_report.render(f.read(), values)
 
 
 def machines_of(run_dirs):

@@ -20,8 +20,19 @@ import re
 from bisam_keras.experiments import study, study_runs
 from bisam_keras.experiments.methods import LABELS
 
-TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "results.md")
-"""The Markdown template of the report."""
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+"""The folder of the report's Markdown templates: the page (`results.md`) and the
+sections that `study_memorisation` and `study_parity` write (`memorisation.md`,
+`parity.md`)."""
+
+
+def template_path(name):
+    """The path of the template `name` (`"results"`, `"memorisation"`, `"parity"`)."""
+    return os.path.join(TEMPLATES, f"{name}.md")
+
+
+TEMPLATE = template_path("results")
+"""The Markdown template of the report's page."""
 SETTINGS = (
     "batch_size",
     "lr",
