@@ -6,8 +6,12 @@ the `SharpnessMonitor` in every epoch, must reuse them. Traces are counted by
 `bisam_keras.sharpness.autodiff.TRACES`.
 """
 
+import io
+import logging
+
 import keras
 import numpy as np
+import tensorflow as tf
 
 import bisam_keras as bk
 from bisam_keras import sharpness
@@ -76,3 +80,20 @@ def test_the_monitor_traces_once_for_all_epochs():
     history = wrapped.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[monitor])
     assert len(history.history["sharpness/worst_case"]) == 6
     assert dict(autodiff.TRACES) == {"gradient": 1, "values": 1, "hvp": 1}
+
+
+def test_measuring_many_models_prints_no_retracing_warning():
+    """TensorFlow warns when functions of equal code trace often; each model's
+    functions trace once, so measuring six models must not warn."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    tf.get_logger().addHandler(handler)
+    try:
+        for seed in range(6):
+            model, x, y = classifier(seed)
+            sharpness.worst_case(model, (x, y), steps=2)
+            sharpness.average_case(model, (x, y), num_samples=2)
+            sharpness.hessian_trace(model, (x, y), num_samples=2)
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert "retracing" not in stream.getvalue()

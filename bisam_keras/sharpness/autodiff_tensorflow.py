@@ -6,11 +6,14 @@ Hessian-vector products differentiate the gradient (double backward), which
 works through `tf.custom_gradient` functions such as the BiSAM lower bounds.
 """
 
+import itertools
+
 import tensorflow as tf
 
 from bisam_keras.sharpness import autodiff
 
 _ZERO = tf.UnconnectedGradients.ZERO
+_NUMBERS = itertools.count()
 
 
 def compile_function(fn, signature, name):
@@ -20,6 +23,13 @@ def compile_function(fn, signature, name):
         autodiff.count_trace(name)
         return fn(*args)
 
+    # A code object of its own, named `<name>_<n>`: TensorFlow's retracing
+    # warning counts the traces of all the functions whose code objects are
+    # equal, so without it the one trace of each function of each model would
+    # add up to a spurious "triggered tf.function retracing".
+    unique = f"{name}_{next(_NUMBERS)}"
+    traced.__code__ = traced.__code__.replace(co_name=unique)
+    traced.__name__ = traced.__qualname__ = unique
     return tf.function(traced, input_signature=signature)
 
 
