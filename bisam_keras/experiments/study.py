@@ -26,6 +26,7 @@ import dataclasses
 
 from bisam_keras.experiments import RunConfig, run, run_files, study_runs
 from bisam_keras.experiments import methods as methods_lib
+from bisam_keras.experiments.config import check_resumable
 from bisam_keras.experiments.presets import PRESETS, preset_mu
 from bisam_keras.experiments.protocol import mean_std
 
@@ -197,8 +198,9 @@ def run_all(configs, callbacks=(), log=print):
         state = run_state(config)
         counts[state] += 1
         name = f"[{i + 1}/{len(configs)}] {config.run_dir()}"
+        if state != "new":
+            check_resumable(config)  # a run made with other settings is refused
         if state == "finished":
-            run(config, resume=True)  # its saved result; other settings are refused
             log(f"{name}: finished, skipped")
             continue
         log(f"{name}: {'resuming' if state == 'partial' else 'starting'}")
