@@ -299,6 +299,33 @@ def test_report_writes_table_curves_and_keeps_hand_written_text(tmp_path):
     assert "| 40% |" in text
 
 
+def test_render_fills_placeholders_and_keeps_marked_sections():
+    template = "# T\n{{a}} and {{b}}\n<!-- x:begin -->\ndefault\n<!-- x:end -->\n"
+    old = "anything\n<!-- x:begin -->\nhand-written\n<!-- x:end -->\nmore"
+    assert study_report.render(template, {"a": 1, "b": "two"}) == (
+        "# T\n1 and two\n<!-- x:begin -->\ndefault\n<!-- x:end -->\n"
+    )
+    assert study_report.render(template, {"a": 1, "b": 2}, old) == (
+        "# T\n1 and 2\n<!-- x:begin -->\nhand-written\n<!-- x:end -->\n"
+    )
+    with pytest.raises(ValueError, match=r"\['b'\] have no value"):
+        study_report.render(template, {"a": 1})
+    # The page's template: every placeholder is one that `report` fills.
+    text = Path(study_report.TEMPLATE).read_text()
+    assert "{{" in text and "PLACEHOLDER" in study_report.template_section("honest-reading")
+
+
+def test_report_leaves_out_a_damaged_run_and_says_so(tmp_path):
+    output = tmp_path / "runs"
+    write_fake_runs(output, {"sgd": [0.61, 0.64], "sam": [0.70, 0.72]})
+    damaged = output / "noise40" / "cifar10" / "resnet20" / "sam" / "seed1" / "result.json"
+    damaged.write_text("{not json")
+    lines = []
+    rows = study_report.report(str(output), str(tmp_path / "r.md"), command="x", log=lines.append)
+    assert {(r["method"], r["n"]) for r in rows} == {("sgd", 2), ("sam", 1)}
+    assert any(line.startswith("warning: ") and str(damaged) in line for line in lines)
+
+
 def test_parity_agreement_against_hand_computation():
     keras_curves = [[0.50, 0.60], [0.52, 0.64], [0.54, 0.62]]
     torch_curves = [[0.51, 0.70], [0.53, 0.71], [0.49, 0.72]]
