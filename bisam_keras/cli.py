@@ -27,11 +27,12 @@ import sys
 import tempfile
 import threading
 
+from bisam_keras.experiments.config import settings
+from bisam_keras.experiments.method_names import METHODS
 from bisam_keras.sharpness import runs as sharpness_runs
 
-# The names the flags accept, without importing TensorFlow (tests/test_cli.py
-# checks them against `bisam_keras.data.names()`, `bisam_keras.models.names()`
-# and `bisam_keras.experiments.METHODS`).
+# The names the flags accept, without importing TensorFlow (tests/test_run_checks.py
+# checks them against `bisam_keras.data.names()` and `bisam_keras.models.names()`).
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "oxford_flowers102", "oxford_iiit_pet")
 MODELS = (
     *("ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtSmall", "ConvNeXtTiny", "ConvNeXtXLarge"),
@@ -46,44 +47,8 @@ MODELS = (
     *("resnet110", "resnet20", "resnet32", "resnet44", "resnet56"),
     *("vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "vit_b16", "wrn16_8", "wrn28_10", "wrn28_2"),
 )
-METHODS = (
-    *("sgd", "sam", "bisam-neglog", "bisam-tanh", "asam", "a-bisam-neglog", "a-bisam-tanh"),
-    *("esam", "e-bisam-neglog", "e-bisam-tanh"),
-)
-
-RUN_FLAGS = {
-    "dataset": str,
-    "data_dir": str,
-    "tfds_dir": str,
-    "model": str,
-    "method": str,
-    "pretrained": bool,
-    "epochs": int,
-    "steps": int,
-    "batch_size": int,
-    "lr": float,
-    "momentum": float,
-    "weight_decay": float,
-    "rho": float,
-    "mu": float,
-    "alpha": float,
-    "eta": float,
-    "label_smoothing": float,
-    "label_noise": float,
-    "micro_batch_size": int,
-    "subset": int,
-    "validation_fraction": float,
-    # The authors' training script (docs/hyperparameters.md), see _add_authors_flags.
-    "schedule": str,
-    "label_smoothing_convention": str,
-    "weight_decay_mode": str,
-    "momentum_convention": str,
-    "cutout": bool,
-    "validation_split": str,
-    "stats_from": str,
-    "model_variant": str,
-    "verify": str,
-}
+RUN_FLAGS = settings("flag")
+"""The `RunConfig` fields that `make_configs` takes from the flag of the same name."""
 
 
 def _positive_int(text):
@@ -252,10 +217,15 @@ def _add_authors_flags(g):
     )
 
 
-def make_configs(args, several=False):
-    """`RunConfig`s from parsed flags: defaults, then the preset, then the flags."""
+def make_configs(args, several=False, config_class=None):
+    """`RunConfig`s from parsed flags: defaults, then the preset, then the flags.
+
+    The preset sets the fields declared `preset=True`, the flags those declared
+    `flag=True` (`bisam_keras.experiments.config.setting`), of `config_class`
+    (`RunConfig` by default).
+    """
     from bisam_keras.experiments import PRESETS, RunConfig
-    from bisam_keras.experiments import methods as methods_lib
+    from bisam_keras.experiments import method_names as methods_lib
     from bisam_keras.experiments.presets import preset_mu
 
     if getattr(args, "epochs", None) is not None and getattr(args, "steps", None) is not None:
@@ -273,35 +243,7 @@ def make_configs(args, several=False):
     for model in models:
         for method in methods:
             for seed in args.seeds or [0]:
-                values = {}
-                for key in (
-                    "lr",
-                    "momentum",
-                    "weight_decay",
-                    "batch_size",
-                    "label_smoothing",
-                    "alpha",
-                    "schedule",
-                    "warmup_steps",
-                    "global_clipnorm",
-                    "optimizer",
-                    "swp_probability",
-                    "sds_fraction",
-                    "micro_batch_size",
-                    "pretrained",
-                    # The authors' training script (presets.AUTHORS_TRAINING).
-                    "label_smoothing_convention",
-                    "weight_decay_mode",
-                    "momentum_convention",
-                    "cutout",
-                    "validation_split",
-                    "stats_from",
-                    "model_variant",
-                ):
-                    if key in preset:
-                        values[key] = preset[key]
-                if "dataset" in preset:
-                    values["dataset"] = preset["dataset"]
+                values = {k: preset[k] for k in settings("preset", config_class) if k in preset}
                 if preset:
                     # A preset gives the run's length in steps or in epochs;
                     # an explicit --epochs replaces a preset's steps.
@@ -316,7 +258,7 @@ def make_configs(args, several=False):
                     bound = methods_lib.lower_bound_of(method)
                     if bound:
                         values["mu"] = preset_mu(preset, bound, dataset)
-                for key in RUN_FLAGS:
+                for key in settings("flag", config_class):
                     value = getattr(args, key, None)
                     if value is not None:
                         values[key] = value
@@ -329,7 +271,7 @@ def make_configs(args, several=False):
                 values["verbose"] = (
                     args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
                 )
-                configs.append(RunConfig(**values).validate())
+                configs.append((config_class or RunConfig)(**values).validate())
     return configs
 
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
     from bisam_keras.experiments.config import RunConfig
     from bisam_keras.experiments.methods import METHODS, make_optimizer
+    from bisam_keras.experiments.one_run import run
     from bisam_keras.experiments.presets import PRESETS
     from bisam_keras.experiments.protocol import aggregate, best_epoch, markdown_table
-    from bisam_keras.experiments.one_run import run
     from bisam_keras.experiments.run_files import load_results
     from bisam_keras.optimizers.schedules import LinearWarmupDecay
 

@@ -12,10 +12,32 @@ import math
 import numbers
 import os
 
-from bisam_keras import models as models_lib
-from bisam_keras.data import verify as verify_lib
-from bisam_keras.experiments import methods as methods_lib
+from bisam_keras.experiments import method_names as methods_lib
 from bisam_keras.experiments import run_files
+
+
+def setting(default, *, flag=False, preset=False, resumable=False):
+    """A `RunConfig` field: its default and where else it appears.
+
+    Args:
+        default: the field's default value.
+        flag: `make_configs` (`bisam-keras train` / `compare`) takes its value
+            from the parsed flag of the same name (`--batch-size` for
+            `batch_size`) when one is given. Defaults to `False`.
+        preset: a preset of `presets.PRESETS` may set it (the key of the same
+            name). Defaults to `False`.
+        resumable: it only says how or where a run is carried out, and
+            `--resume` may change it (`RESUMABLE_CHANGES`). Defaults to `False`.
+    """
+    metadata = {"flag": flag, "preset": preset, "resumable": resumable}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def settings(kind, config_class=None):
+    """The names of `config_class`'s fields (`RunConfig`'s by default) declared
+    with `kind` (`"flag"`, `"preset"` or `"resumable"`) in `setting`."""
+    fields = dataclasses.fields(config_class or RunConfig)
+    return tuple(f.name for f in fields if f.metadata.get(kind))
 
 
 @dataclasses.dataclass
@@ -126,47 +148,47 @@ class RunConfig:
     (`recorded_config`), and `--resume` compares the recorded settings.
     """
 
-    dataset: str = "digits"
-    model: str = "resnet20"
-    method: str = "bisam-neglog"
-    seed: int = 0
-    epochs: int = 10
-    steps: int | None = None
-    pretrained: bool = False
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    global_clipnorm: float | None = None
-    label_smoothing: float = 0.1
-    label_noise: float = 0.0
-    rho: float = 0.05
-    mu: float | None = None
-    alpha: float = 0.1
-    eta: float = 0.0
-    swp_probability: float = 0.5
-    sds_fraction: float = 0.5
-    micro_batch_size: int | None = None
-    validation_fraction: float = 0.1
-    subset: int | None = None
-    data_dir: str | None = None
-    tfds_dir: str | None = None
-    output: str = "runs"
-    jit_compile: bool = False
-    strategy: str = "auto"
-    sync_perturbation: bool = False
-    verbose: int = 2
-    label_smoothing_convention: str = "keras"
-    weight_decay_mode: str = "l2"
-    momentum_convention: str = "keras"
-    cutout: bool = False
-    validation_split: str = "seeded"
-    stats_from: str = "train"
-    model_variant: str = "keras"
-    verify: str | None = "records"
+    dataset: str = setting("digits", flag=True, preset=True)
+    model: str = setting("resnet20", flag=True)
+    method: str = setting("bisam-neglog", flag=True)
+    seed: int = setting(0)
+    epochs: int = setting(10, flag=True)
+    steps: int | None = setting(None, flag=True)
+    pretrained: bool = setting(False, flag=True, preset=True)
+    batch_size: int = setting(128, flag=True, preset=True)
+    lr: float = setting(0.1, flag=True, preset=True)
+    momentum: float = setting(0.9, flag=True, preset=True)
+    weight_decay: float = setting(5e-4, flag=True, preset=True)
+    optimizer: str = setting("sgd", preset=True)
+    schedule: str = setting("cosine", flag=True, preset=True)
+    warmup_steps: int = setting(0, preset=True)
+    global_clipnorm: float | None = setting(None, preset=True)
+    label_smoothing: float = setting(0.1, flag=True, preset=True)
+    label_noise: float = setting(0.0, flag=True)
+    rho: float = setting(0.05, flag=True)
+    mu: float | None = setting(None, flag=True)
+    alpha: float = setting(0.1, flag=True, preset=True)
+    eta: float = setting(0.0, flag=True)
+    swp_probability: float = setting(0.5, preset=True)
+    sds_fraction: float = setting(0.5, preset=True)
+    micro_batch_size: int | None = setting(None, flag=True, preset=True)
+    validation_fraction: float = setting(0.1, flag=True)
+    subset: int | None = setting(None, flag=True)
+    data_dir: str | None = setting(None, flag=True, resumable=True)
+    tfds_dir: str | None = setting(None, flag=True, resumable=True)
+    output: str = setting("runs", resumable=True)
+    jit_compile: bool = setting(False, resumable=True)
+    strategy: str = setting("auto")
+    sync_perturbation: bool = setting(False)
+    verbose: int = setting(2, resumable=True)
+    label_smoothing_convention: str = setting("keras", flag=True, preset=True)
+    weight_decay_mode: str = setting("l2", flag=True, preset=True)
+    momentum_convention: str = setting("keras", flag=True, preset=True)
+    cutout: bool = setting(False, flag=True, preset=True)
+    validation_split: str = setting("seeded", flag=True, preset=True)
+    stats_from: str = setting("train", flag=True, preset=True)
+    model_variant: str = setting("keras", flag=True, preset=True)
+    verify: str | None = setting("records", flag=True, resumable=True)
 
     def run_dir(self):
         return os.path.join(self.output, self.dataset, self.model, self.method, f"seed{self.seed}")
@@ -192,6 +214,8 @@ class RunConfig:
             raise ValueError(
                 f"`pretrained` must be a bool. Received: pretrained={self.pretrained!r}"
             )
+        from bisam_keras import models as models_lib  # TensorFlow, once a run is built
+
         if self.pretrained and "pretrained" not in models_lib.options(self.model):
             raise ValueError(
                 "`pretrained`=True needs a model with pretrained weights (a "
@@ -275,6 +299,8 @@ def check_training_options(config):
             raise ValueError(f"`{name}` must be one of {list(choices)}. Received: {name}={value!r}")
     if not isinstance(config.cutout, bool):
         raise ValueError(f"`cutout` must be a bool. Received: cutout={config.cutout!r}")
+    from bisam_keras.data import verify as verify_lib  # TensorFlow, once a run is built
+
     verify_lib.check_level(config.verify)
 
 
@@ -282,9 +308,9 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# Settings that only say how or where a run is carried out: `--resume` may
-# change them (the run's numbers do not depend on them beyond float rounding).
-RESUMABLE_CHANGES = ("verbose", "output", "data_dir", "tfds_dir", "jit_compile", "verify")
+RESUMABLE_CHANGES = settings("resumable")
+"""The settings that only say how or where a run is carried out: `--resume`
+may change them (the run's numbers do not depend on them beyond float rounding)."""
 
 
 def unused_settings(config):
@@ -327,7 +353,8 @@ def config_differences(saved, config):
     A field missing from `saved` (a run saved before the field existed) counts
     as its default.
     """
-    defaults = dataclasses.asdict(RunConfig())
+    defaults = dataclasses.asdict(type(config)())
+    resumable = settings("resumable", type(config))
     saved = {**defaults, **{k: v for k, v in saved.items() if k in defaults}}
     for name in unused_settings(saved):
         saved[name] = None
@@ -335,7 +362,7 @@ def config_differences(saved, config):
     return [
         (name, saved[name], new[name])
         for name in defaults
-        if name not in RESUMABLE_CHANGES and not _same(saved[name], new[name])
+        if name not in resumable and not _same(saved[name], new[name])
     ]
 
 

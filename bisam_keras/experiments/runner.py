@@ -40,8 +40,8 @@ from bisam_keras.experiments.config import (
     recorded_config,
     unused_settings,
 )
-from bisam_keras.experiments.results import history_rows, history_text, read_history
 from bisam_keras.experiments.one_run import StepLimit, TestEvaluation, run
+from bisam_keras.experiments.results import history_rows, history_text, read_history
 from bisam_keras.experiments.run_files import BackupError, load_histories, load_results
 from bisam_keras.optimizers.schedules import LinearWarmupDecay
 
