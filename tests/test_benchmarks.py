@@ -281,12 +281,9 @@ def test_profile_step_e_bisam_against_bisam(tmp_path):
     ],
 )
 def test_profile_kinds(op, kind):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import profile_step
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    assert profile_step.kind_of(op) == kind
+    from bisam_keras.testing import benchmark_script
+
+    assert benchmark_script("profile_step").kind_of(op) == kind
 
 
 def _machine_module():

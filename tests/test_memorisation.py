@@ -7,24 +7,21 @@ digits run, against the model's predictions recomputed here.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import memorisation  # noqa: E402
-import reproduce  # noqa: E402
-
-from bisam_keras.experiments import (  # noqa: E402
+from bisam_keras.experiments import (
     study,
     study_memorisation,
     study_report,
     study_runs,
 )
+from bisam_keras.testing import benchmark_script
+
+memorisation = benchmark_script("memorisation")
+reproduce = benchmark_script("reproduce")
 
 
 def test_fractions_against_hand_counts():

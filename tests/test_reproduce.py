@@ -12,24 +12,21 @@ study's pipeline and checks SAM's robustness to the noisy labels.
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from paths import CIFAR10_DIR
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import reproduce  # noqa: E402
-from paths import CIFAR10_DIR  # noqa: E402
-
-from bisam_keras.experiments import (  # noqa: E402
+from bisam_keras.experiments import (
     study,
     study_parity,
     study_report,
     study_runs,
 )
+from bisam_keras.testing import benchmark_script
+
+reproduce = benchmark_script("reproduce")
 
 CIFAR10 = CIFAR10_DIR
 needs_cifar = pytest.mark.skipif(

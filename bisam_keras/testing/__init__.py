@@ -3,17 +3,19 @@
 Not part of the training API: `machine` records what a run or a benchmark ran
 on (CPU, vector ISA, oneDNN, threads, versions); `AUTHORS_REFERENCE` is the
 folder of the authors' PyTorch models (`tests/authors_reference/`, verbatim
-copies of LIONS-EPFL/BiSAM), which `authors_module` imports by name.
+copies of LIONS-EPFL/BiSAM), which `authors_module` imports by name;
+`torch_reference` and `torch_train` are the PyTorch side of the parity check
+(they need PyTorch); `benchmark_script` imports a script of `benchmarks/` for
+the tests. The last three need a checkout of the repository, and none of them
+changes `sys.path`.
 """
 
 import importlib.util
 import os
 
-AUTHORS_REFERENCE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "tests",
-    "authors_reference",
-)
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The checkout of the repository that holds this package (when installed from one)."""
+AUTHORS_REFERENCE = os.path.join(REPOSITORY, "tests", "authors_reference")
 """The folder of the authors' PyTorch code in a checkout of the repository."""
 
 
@@ -32,7 +34,17 @@ def authors_module(name):
             f"the authors' reference module {path} is not there: it lives in a checkout "
             f"of the repository, not in the installed package. Received: name={name!r}"
         )
-    spec = importlib.util.spec_from_file_location(f"authors_reference_{name}", path)
+    return _load(path, f"authors_reference_{name}")
+
+
+def benchmark_script(name):
+    """The script `benchmarks/<name>.py` of the checkout, imported as a module
+    (`benchmark_<name>`), for the tests of its command line."""
+    return _load(os.path.join(REPOSITORY, "benchmarks", f"{name}.py"), f"benchmark_{name}")
+
+
+def _load(path, module_name):
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
