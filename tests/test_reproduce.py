@@ -307,9 +307,9 @@ def test_render_fills_placeholders_and_keeps_marked_sections():
     )
     with pytest.raises(ValueError, match=r"\['b'\] have no value"):
         study_report.render(template, {"a": 1})
-    # The page's template: every placeholder is one that `report` fills.
-    text = Path(study_report.TEMPLATE).read_text()
-    assert "{{" in text and "PLACEHOLDER" in study_report.template_section("honest-reading")
+    assert "PLACEHOLDER" in study_report.template_section("honest-reading")
+    with pytest.raises(FileNotFoundError, match="nowhere.md is not installed"):
+        study_report.read_template("nowhere.md")
 
 
 def test_report_leaves_out_a_damaged_run_and_says_so(tmp_path):

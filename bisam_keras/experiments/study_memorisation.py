@@ -162,8 +162,7 @@ def section(rows, skipped, command, template=TEMPLATE):
         "skipped": NOT_MEASURED.format(", ".join(skipped)) if skipped else "",
         "command": command,
     }
-    with open(template) as f:
-        return study_report.render(f.read(), values)
+    return study_report.render(study_report.read_template(template), values)
 
 
 def measure_runs(output, data_dir=None, log=print):

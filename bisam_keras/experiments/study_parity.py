@@ -160,8 +160,7 @@ def section(summary, png_name, command, template=TEMPLATE):
         "epochs_checked": s["epochs_checked"],
         "command": command,
     }
-    with open(template) as f:
-        return study_report.render(f.read(), values)
+    return study_report.render(study_report.read_template(template), values)
 
 
 def machines_of(run_dirs):

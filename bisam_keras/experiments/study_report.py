@@ -33,6 +33,24 @@ def template_path(name):
 
 TEMPLATE = template_path("results")
 """The Markdown template of the report's page."""
+
+
+def read_template(path):
+    """The text of the template file `path`.
+
+    Raises:
+        FileNotFoundError: naming the file, if it is not there (a package
+            installed without its `templates/`; install from a checkout).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"the report's template {path} is not installed: install bisam-keras from a "
+            "checkout of the repository (`pip install -e .`), which holds it"
+        )
+    with open(path) as f:
+        return f.read()
+
+
 SETTINGS = (
     "batch_size",
     "lr",
@@ -62,8 +80,7 @@ def markers(name):
 
 def template_section(name, template=TEMPLATE):
     """The text of the section `name` in the template (what a new page holds)."""
-    with open(template) as f:
-        text = f.read()
+    text = read_template(template)
     begin, end = markers(name)
     return text[text.index(begin) + len(begin) : text.index(end)].strip("\n")
 
@@ -318,8 +335,7 @@ def report(output, docs_path, command=None, log=print, template=TEMPLATE):
         ),
         "failures": failures,
     }
-    with open(template) as f:
-        text = render(f.read(), values, old)
+    text = render(read_template(template), values, old)
     os.makedirs(docs_dir, exist_ok=True)
     with open(docs_path, "w") as f:
         f.write(text)
