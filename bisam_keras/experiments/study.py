@@ -192,7 +192,6 @@ def run_all(configs, callbacks=(), log=print):
             interrupt a run).
         log: a print-like function.
     """
-
     counts = {"finished": 0, "partial": 0, "new": 0}
     for i, config in enumerate(configs):
         state = run_state(config)
@@ -224,7 +223,6 @@ def summarize(runs, metric="test_accuracy"):
         A list of dicts `{noise, method, mean, std, n, seeds}`, in the paper's
         order; `std` is 0 for a single seed.
     """
-
     groups = {}
     for r in runs:
         groups.setdefault((r["noise"], r["method"]), []).append(r)
@@ -249,7 +247,6 @@ def paired_differences(runs, baseline, metric="test_accuracy"):
         A list of dicts `{noise, method, baseline, differences, seeds, mean,
         std, n}` (`std` sample, 0 for one seed), in the paper's order.
     """
-
     value = {(r["noise"], r["method"], r["seed"]): r["result"][metric] for r in runs}
     rows = []
     for noise, method in sorted(

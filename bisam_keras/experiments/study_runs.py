@@ -118,7 +118,6 @@ def collect(output, skipped=None):
     times), `seconds` (their sum) and `machines` (`read_machines`). Runs are
     read with `run_files.load_results` / `load_histories`; `skipped` as there.
     """
-
     runs = []
     folders = [noise_dir(output, noise) for noise in noise_levels(output)] or [output]
     for folder in folders:
