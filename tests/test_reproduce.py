@@ -211,6 +211,20 @@ def write_fake_runs(output, accuracies, noise=0.4):
                 (run_dir / study_runs.MACHINES_FILE).write_text(json.dumps(line) + "\n")
 
 
+def test_study_methods_are_the_library_names_of_table_9():
+    from bisam_keras.experiments import METHODS
+
+    assert study.METHODS == ("sgd", "sam", "bisam-neglog", "bisam-tanh")
+    assert set(study.METHODS) <= set(METHODS)
+    assert study.PAPER_TABLE9[0.4] == {
+        "sgd": (84.24, 0.25),
+        "sam": (89.03, 0.09),
+        "bisam-neglog": (88.71, 0.23),
+        "bisam-tanh": (88.86, 0.18),
+    }
+    assert study.PAPER_TABLE9[0.8]["bisam-neglog"] == (50.00, 1.96)
+
+
 def test_summary_is_numpy_mean_and_sample_std():
     rng = np.random.default_rng(0)
     values = {m: rng.uniform(0.5, 0.9, size=3) for m in study.METHODS}
