@@ -21,12 +21,10 @@ import argparse
 import json
 import math
 import os
-import re
 import signal
 import sys
-import tempfile
-import threading
 
+from bisam_keras import _cli_process as process
 from bisam_keras.experiments.config import settings
 from bisam_keras.experiments.method_names import METHODS
 from bisam_keras.sharpness import runs as sharpness_runs
@@ -47,8 +45,7 @@ MODELS = (
     *("resnet110", "resnet20", "resnet32", "resnet44", "resnet56"),
     *("vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "vit_b16", "wrn16_8", "wrn28_10", "wrn28_2"),
 )
-RUN_FLAGS = settings("flag")
-"""The `RunConfig` fields that `make_configs` takes from the flag of the same name."""
+RUN_FLAGS = settings("flag")  # the RunConfig fields read from the flag of their name
 
 
 def _positive_int(text):
@@ -336,70 +333,6 @@ def build_parser():
     return parser
 
 
-# TensorFlow's start-up lines (absl's notice, oneDNN, CUDA probing, CPU
-# features), printed while it is imported whatever TF_CPP_MIN_LOG_LEVEL says.
-_STARTUP_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|[IW]\d{4} \d\d:\d\d:\d\d"
-    r"|To enable the following instructions:)"
-)
-
-
-def _import_tensorflow(verbose):
-    """Imports TensorFlow with its start-up lines hidden unless `verbose` is 3.
-
-    `TF_CPP_MIN_LOG_LEVEL=3` (unless set by the user) hides the C++ log lines
-    after start-up, `E0000 ... failed call to cuInit` on a CPU-only machine
-    among them; the lines printed during the import itself, before absl's
-    logging is set up, are filtered from file descriptor 2.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    if verbose == 3 or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        import tensorflow  # noqa: F401
-
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with tempfile.TemporaryFile() as capture:
-            os.dup2(capture.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401
-            finally:
-                os.dup2(saved, 2)
-                capture.seek(0)
-                lines = capture.read().decode(errors="replace").splitlines()
-                kept = [line for line in lines if not _STARTUP_NOISE.match(line)]
-                if kept:
-                    sys.stderr.write("\n".join(kept) + "\n")
-                    sys.stderr.flush()
-    finally:
-        os.close(saved)
-
-
-def _one_line(error):
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-_TERMINATED = []
-
-
-def _terminate(signum, frame):
-    """SIGTERM (a batch scheduler's stop, `kill`) ends a run as Ctrl-C does."""
-    _TERMINATED.append(signum)
-    raise KeyboardInterrupt
-
-
-def _handle_sigterm():
-    """Installs `_terminate` for SIGTERM; returns the handler to restore (or `None`)."""
-    _TERMINATED.clear()
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _terminate)
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -408,11 +341,11 @@ def main(argv=None):
         print("\n".join(MODELS))
         return 0
     configs = []
-    previous_sigterm = _handle_sigterm()
+    previous_sigterm = process.handle_sigterm()
     try:
         if args.command == "sharpness":  # the run folders are checked before TensorFlow
             sharpness_runs.check_arguments(args)
-            _import_tensorflow(None)
+            process.import_tensorflow(None)
             sharpness_runs.main(args)
             return 0
         if args.command == "report":
@@ -422,7 +355,7 @@ def main(argv=None):
             from bisam_keras.experiments import folders
 
             folders.check_output(args.output)
-        _import_tensorflow(getattr(args, "verbose", None))
+        process.import_tensorflow(getattr(args, "verbose", None))
         if args.command == "report":
             _report(args.output)
             return 0
@@ -451,37 +384,16 @@ def main(argv=None):
         else:
             message = "interrupted before training began; rerun the same command to start"
         # 130 for Ctrl-C (SIGINT), 143 for SIGTERM: the shells' 128 + signal number.
-        parser.exit(128 + signal.SIGTERM if _TERMINATED else 130, f"{message}\n")
+        parser.exit(128 + signal.SIGTERM if process.TERMINATED else 130, f"{message}\n")
     except Exception as error:
-        code = _exit_code(error)
+        code = process.exit_code(error)
         if code is None:
             raise
-        parser.exit(code, f"{prog}: error: {_flag_message(_one_line(error))}\n")
+        parser.exit(code, f"{prog}: error: {_flag_message(process.one_line(error))}\n")
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
-
-
-def _exit_code(error):
-    """1 for data, run files or a disk that cannot be used and for a diverged
-    run, 2 for bad settings and a run that another process holds, None otherwise."""
-    data = sys.modules.get("bisam_keras.data")
-    faults = sys.modules.get("bisam_keras.experiments.faults")
-    lock = sys.modules.get("bisam_keras.experiments.lock")
-    run_files = sys.modules.get("bisam_keras.experiments.run_files")
-    unusable = [
-        getattr(data, "DataError", None),
-        getattr(data, "DatasetUnavailableError", None),
-        getattr(run_files, "RunFileError", None),
-        getattr(faults, "RunWriteError", None),
-        getattr(faults, "TrainingDiverged", None),
-    ]
-    if isinstance(error, tuple(kind for kind in unusable if kind is not None)):
-        return 1
-    if isinstance(error, ValueError) or (lock and isinstance(error, lock.RunLockedError)):
-        return 2
-    return None
 
 
 if __name__ == "__main__":

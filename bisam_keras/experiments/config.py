@@ -26,8 +26,7 @@ def setting(default, *, flag=False, preset=False, resumable=False):
             `batch_size`) when one is given. Defaults to `False`.
         preset: a preset of `presets.PRESETS` may set it (the key of the same
             name). Defaults to `False`.
-        resumable: it only says how or where a run is carried out, and
-            `--resume` may change it (`RESUMABLE_CHANGES`). Defaults to `False`.
+        resumable: `--resume` may change it (`RESUMABLE_CHANGES`). Defaults to `False`.
     """
     metadata = {"flag": flag, "preset": preset, "resumable": resumable}
     return dataclasses.field(default=default, metadata=metadata)
