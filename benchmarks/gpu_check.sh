@@ -31,7 +31,6 @@ WORK="${OUT:-$(mktemp -d)}/gpu_check"
 mkdir -p "$WORK"
 PYTHON="${PYTHON:-python}"
 export TF_CPP_MIN_LOG_LEVEL=2
-export BENCHMARKS_DIR="$HERE"  # the inline parts import machine.py from there
 
 # Sizes and per-part timeouts (seconds). The timeouts add up to 450 s on the GPU.
 if (( DRY_RUN )); then
@@ -69,8 +68,7 @@ run_part() {
 run_part mixed_precision "$MP_LIMIT" "$PYTHON" - "$WORK/mixed_precision.json" "${MP_ARGS[@]}" <<'PY'
 import json, math, os, statistics, sys, time
 
-sys.path.insert(0, os.environ["BENCHMARKS_DIR"])
-import machine  # first: `import bisam_keras` sets TensorFlow's CPU defaults
+from bisam_keras.testing import machine  # first: sets TensorFlow's CPU defaults
 import keras
 import numpy as np
 import tensorflow as tf
