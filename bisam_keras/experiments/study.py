@@ -22,11 +22,9 @@ and the study's own files, `study_report` the report;
 `benchmarks/reproduce.py` is the command line.
 """
 
-import dataclasses
-
 from bisam_keras.experiments import RunConfig, run, run_files, study_runs
 from bisam_keras.experiments import methods as methods_lib
-from bisam_keras.experiments.config import check_resumable
+from bisam_keras.experiments.config import check_resumable, settings
 from bisam_keras.experiments.presets import PRESETS, preset_mu
 from bisam_keras.experiments.protocol import mean_std
 
@@ -79,13 +77,13 @@ def method_order(method):
 def preset_fields(preset, method, dataset):
     """The `RunConfig` fields that the preset `preset` (a name) sets for `method`.
 
-    As `bisam-keras --preset`: every training setting of the preset, its
+    As `bisam-keras --preset`: the fields declared `preset=True`
+    (`config.settings("preset")`) that the preset holds, its
     epochs (`sgd_epochs` for SGD), its `rho` (`adaptive_rho` for the adaptive
     methods) and its `mu` for the method's bound on `dataset`.
     """
     values = PRESETS[preset]
-    names = {f.name for f in dataclasses.fields(RunConfig)} - {"mu", "epochs", "steps", "model"}
-    fields = {k: v for k, v in values.items() if k in names}
+    fields = {k: values[k] for k in settings("preset") if k in values}
     if "steps" in values:
         fields["steps"] = values["steps"]
     else:
