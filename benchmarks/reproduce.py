@@ -16,10 +16,9 @@ python benchmarks/reproduce.py --report-only                               # doc
 
 Every run goes through `bisam_keras.experiments.run(config, resume=True)`:
 rerunning the same command skips finished runs and continues unfinished ones
-from their last committed epoch (the runner's `RunState`, `backup/state.json`;
-runs backed up by earlier versions' `BackupAndRestore` continue too). A run
-whose saved `config.json` disagrees with the command is refused, naming the
-differences, not silently mixed in.
+from their last committed epoch (the runner's `RunState`, `backup/state.json`).
+A run whose saved `config.json` disagrees with the command is refused, naming
+the differences, not silently mixed in.
 
 Runs live in `<output>/noise<percent>/<dataset>/<model>/<method>/seed<seed>/`;
 beside the runner's files each holds `epoch_seconds.csv` (the wall time of
