@@ -25,7 +25,7 @@ import signal
 import sys
 
 from bisam_keras import _cli_process as process
-from bisam_keras.experiments.config import settings
+from bisam_keras.experiments.config import SCHEDULES, STRATEGIES, TRAINING_OPTIONS, settings
 from bisam_keras.experiments.method_names import METHODS
 from bisam_keras.sharpness import runs as sharpness_runs
 
@@ -138,7 +138,7 @@ def _add_run_flags(parser, several):
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument(
         "--strategy",
-        choices=("auto", "mirrored", "multiworker", "none"),
+        choices=STRATEGIES,
         default="auto",
         help="tf.distribute strategy; auto: MirroredStrategy over several GPUs "
         "(--batch-size is the global batch)",
@@ -166,25 +166,25 @@ def _add_authors_flags(g):
     """Flags choosing between Keras' behaviour and the authors' script (presets: theirs)."""
     g.add_argument(
         "--schedule",
-        choices=("cosine", "cosine-epoch", "constant", "linear-warmup"),
+        choices=SCHEDULES,
         help="cosine: decays every step; cosine-epoch: PyTorch's CosineAnnealingLR stepped "
         "once per epoch (paper presets); default: cosine, or the preset's",
     )
     g.add_argument(
         "--label-smoothing-convention",
-        choices=("keras", "authors"),
+        choices=TRAINING_OPTIONS["label_smoothing_convention"],
         help="keras: y(1-s)+s/K; authors: true class 1-s, others s/(K-1) "
         "(paper presets); default: keras",
     )
     g.add_argument(
         "--weight-decay-mode",
-        choices=("l2", "at-w"),
+        choices=TRAINING_OPTIONS["weight_decay_mode"],
         help="l2: L2 regularizer in the loss (gradient at w+e); at-w: wd*w added to the "
         "descent gradient, PyTorch's SGD(weight_decay) (paper presets); default: l2",
     )
     g.add_argument(
         "--momentum-convention",
-        choices=("keras", "torch"),
+        choices=TRAINING_OPTIONS["momentum_convention"],
         help="keras: v=m*v-lr*g; torch: buf=m*buf+g, w-=lr*buf (paper presets); default: keras",
     )
     g.add_argument(
@@ -196,19 +196,19 @@ def _add_authors_flags(g):
     )
     g.add_argument(
         "--validation-split",
-        choices=("seeded", "authors"),
+        choices=TRAINING_OPTIONS["validation_split"],
         help="seeded: by --seeds; authors: fixed np.random.seed(42) split for every seed "
         "(paper-cifar); default: seeded",
     )
     g.add_argument(
         "--stats-from",
-        choices=("train", "all"),
+        choices=TRAINING_OPTIONS["stats_from"],
         help="normalization statistics from the train part or all training images "
         "(paper-cifar); default: train",
     )
     g.add_argument(
         "--model-variant",
-        choices=("keras", "authors"),
+        choices=TRAINING_OPTIONS["model_variant"],
         help="the zoo's Keras model or the authors' architecture/initialization "
         "(paper presets); default: keras",
     )
