@@ -1,15 +1,19 @@
 """The usage examples of README.md and docs/outputs.md run, verbatim.
 
-Each page's ```python blocks run in order in one namespace, as a reader
-pasting them into one session would, in a fresh folder (the experiments
-example writes `runs/`). Nothing is added or replaced: a failing example is a
-failing test.
+Each page's ```python blocks run in order in one fresh Python process, as a
+reader pasting them into one session would, in an empty folder (the
+experiments example writes `runs/`). Nothing is added or replaced: a failing
+example is a failing test. A fresh process, not this one: the test session
+holds two logical CPU devices and the collective state of earlier
+`MirroredStrategy` tests, which a reader's session does not.
 """
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-import keras
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,12 +26,18 @@ def python_blocks(page):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", ["README.md", "docs/outputs.md"])
-def test_page_examples_run_verbatim(page, tmp_path, monkeypatch):
+def test_page_examples_run_verbatim(page, tmp_path):
     blocks = python_blocks(page)
     assert len(blocks) >= 3, f"{page} lost its examples"
-    monkeypatch.chdir(tmp_path)
-    keras.backend.clear_session()
-    namespace = {"__name__": "__main__"}
-    for number, block in enumerate(blocks, 1):
-        code = compile(block, f"{page}, python block {number}", "exec")
-        exec(code, namespace)  # noqa: S102 - running the documentation is the test
+    script = tmp_path / "examples.py"
+    parts = [f"# {page}, python block {n}\n{block}" for n, block in enumerate(blocks, 1)]
+    script.write_text("\n".join(parts))
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-5000:]

@@ -56,22 +56,41 @@ def _all_reduce_across_replicas(gradients):
     return _all_reduce_flat(gradients, "sum")
 
 
-def _mean_across_replicas(state_updates):
+def _mean_across_replicas(state_updates, gradients):
     """Averages floating state updates (BatchNorm statistics) over replicas.
 
     So that every replica holds the same statistics, the mean of the
     per-replica updates: what `micro_batch_size` = per-replica batch gives
     on one device.
+
+    Collectives must run in the same order on every replica, and nothing in
+    the data orders this all-reduce against the ascent's (`sync_perturbation`)
+    or the optimizer's gradient all-reduce: each replica could launch them in
+    another order, and the collectives then pair up wrongly ("Shape mismatch
+    in the collective instance"). So it runs after the descent gradients
+    exist (hence after the ascent's), and the gradients returned wait for it
+    (hence the optimizer's all-reduce runs after it).
+
+    Returns:
+        `(state_updates, gradients)`.
     """
     if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return state_updates
+        return state_updates, gradients
     if tf.distribute.get_replica_context().num_replicas_in_sync == 1:
-        return state_updates
+        return state_updates, gradients
     keys = [k for k, v in state_updates.items() if v.dtype.is_floating]
     if not keys:
-        return state_updates
-    means = _all_reduce_flat([state_updates[k] for k in keys], "mean")
-    return {**state_updates, **dict(zip(keys, means))}
+        return state_updates, gradients
+    ready = [t for g in gradients if g is not None for t in tf.nest.flatten(g, True)]
+    with tf.control_dependencies(ready):
+        values = [tf.identity(state_updates[k]) for k in keys]
+    means = _all_reduce_flat(values, "mean")
+    with tf.control_dependencies(means):
+        gradients = [
+            None if g is None else tf.nest.map_structure(tf.identity, g, expand_composites=True)
+            for g in gradients
+        ]
+    return {**state_updates, **dict(zip(keys, means))}, gradients
 
 
 def _check_built_in_scope(model):
@@ -249,7 +268,7 @@ class SharpnessAwareMixin:
         else:
             result = self._micro_batch_passes(x, y, sample_weight, trainable)
         gradients, y_pred, state_updates, loss, perturbed_loss = result
-        state_updates = _mean_across_replicas(state_updates)
+        state_updates, gradients = _mean_across_replicas(state_updates, gradients)
         state = self.non_trainable_variables
         for index, value in state_updates.items():
             state[index].assign(value)
