@@ -8,6 +8,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
+    from bisam_keras.experiments import study
     from bisam_keras.experiments.config import RunConfig
     from bisam_keras.experiments.methods import METHODS, make_optimizer
     from bisam_keras.experiments.one_run import run
@@ -27,6 +28,7 @@ __all__ = [
     "make_optimizer",
     "markdown_table",
     "run",
+    "study",
 ]
 
 _LAZY = {
@@ -40,13 +42,17 @@ _LAZY = {
     "RunConfig": "config",
     "load_results": "run_files",
     "run": "one_run",
+    "study": None,  # a submodule: the label-noise study (grid, statistics, report)
 }
 
 
 def __getattr__(name):
     if name not in _LAZY:
         raise AttributeError(f"module 'bisam_keras.experiments' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bisam_keras.experiments.{_LAZY[name]}"), name)
+    if _LAZY[name] is None:
+        value = importlib.import_module(f"bisam_keras.experiments.{name}")
+    else:
+        value = getattr(importlib.import_module(f"bisam_keras.experiments.{_LAZY[name]}"), name)
     globals()[name] = value
     return value
 
