@@ -3,6 +3,7 @@ strategy, the loss, the model options, the learning-rate schedule and the
 optimizer, and the model that `fit` trains."""
 
 import functools
+import inspect
 import math
 
 import keras
@@ -171,3 +172,28 @@ def _one_hot(splits):
         splits.validation.map(encode, num_parallel_calls=tf.data.AUTOTUNE),
         splits.test.map(encode, num_parallel_calls=tf.data.AUTOTUNE),
     )
+
+
+def load_kwargs(config, train=False):
+    """`bisam_keras.data.load` arguments of a `RunConfig`.
+
+    Every `load` parameter that `RunConfig` has a field of the same name for
+    is passed on. With `train=True`, the run's own training pipeline: `load`'s
+    augmentation, the run's Cutout, and whole batches for mSAM
+    (`drop_remainder`). Otherwise augmentation and Cutout are off, for
+    measuring a run's data as it is (the study, the sharpness command).
+    """
+    from bisam_keras import data as data_lib
+
+    params = inspect.signature(data_lib.load).parameters
+    kwargs = {
+        name: getattr(config, name)
+        for name in params
+        if name not in ("name", "augment", "cutout", "drop_remainder") and hasattr(config, name)
+    }
+    if train:
+        # mSAM needs every training batch to be whole: drop each epoch's remainder.
+        kwargs.update(cutout=config.cutout, drop_remainder=config.micro_batch_size is not None)
+    else:
+        kwargs.update(augment=False, cutout=False)
+    return kwargs

@@ -40,6 +40,7 @@ from bisam_keras.experiments.builders import (
     add_coupled_weight_decay,
     build_loss,
     build_optimizer,
+    load_kwargs,
     make_strategy,
     model_build_options,
     training_model,
@@ -189,23 +190,9 @@ def _run_locked(config, resume, callbacks):
         return result
 
     keras.utils.set_random_seed(config.seed)
-    # mSAM needs every training batch to be whole: drop each epoch's remainder.
-    drop_remainder = config.micro_batch_size is not None
-    splits = data_lib.load(
-        config.dataset,
-        data_dir=config.data_dir,
-        batch_size=config.batch_size,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        label_noise=config.label_noise,
-        subset=config.subset,
-        tfds_dir=config.tfds_dir,
-        drop_remainder=drop_remainder,
-        cutout=config.cutout,
-        validation_split=config.validation_split,
-        stats_from=config.stats_from,
-        verify=config.verify,
-    )
+    load_options = load_kwargs(config, train=True)
+    drop_remainder = load_options["drop_remainder"]
+    splits = data_lib.load(config.dataset, **load_options)
     _check_splits(config, splits)
     train, validation, test = _one_hot(splits)
     if drop_remainder:

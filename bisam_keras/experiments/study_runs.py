@@ -10,7 +10,6 @@ trained on; `Sitting`). `collect` reads the finished runs back through
 """
 
 import csv
-import inspect
 import json
 import os
 import time
@@ -18,6 +17,7 @@ import time
 import keras
 
 from bisam_keras.experiments import RunConfig, run_files
+from bisam_keras.experiments.builders import load_kwargs  # noqa: F401  (the study's name for it)
 from bisam_keras.experiments.methods import METHODS
 
 EPOCH_SECONDS_FILE = "epoch_seconds.csv"
@@ -148,25 +148,6 @@ def collect(output, skipped=None):
             )
     runs.sort(key=lambda r: (r["noise"], METHODS.index(r["method"]), r["seed"]))
     return runs
-
-
-def load_kwargs(config):
-    """`bisam_keras.data.load` arguments of a `RunConfig`, augmentation off.
-
-    Every `load` parameter that `RunConfig` has a field of the same name for
-    is passed on; augmentation and Cutout are off (the PyTorch side and the
-    memorisation measurement apply none or their own).
-    """
-    from bisam_keras import data as data_lib
-
-    params = inspect.signature(data_lib.load).parameters
-    kwargs = {
-        name: getattr(config, name)
-        for name in params
-        if name not in ("name", "augment", "cutout", "drop_remainder") and hasattr(config, name)
-    }
-    kwargs.update({name: False for name in ("augment", "cutout") if name in params})
-    return kwargs
 
 
 def read_split(dataset):

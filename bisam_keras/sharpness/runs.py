@@ -156,21 +156,12 @@ def measured_split(config, split, batch_size, data_dir=None):
     """The run's `split` as its training built it (same seed, subset and validation
     split), without augmentation."""
     from bisam_keras import data
+    from bisam_keras.experiments.builders import load_kwargs
 
-    splits = data.load(
-        config.dataset,
-        data_dir=config.data_dir if data_dir is None else data_dir,
-        batch_size=batch_size,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        label_noise=config.label_noise,
-        subset=config.subset,
-        augment=False,
-        tfds_dir=config.tfds_dir,
-        verify=config.verify,
-        validation_split=config.validation_split,
-        stats_from=config.stats_from,
-    )
+    options = {**load_kwargs(config), "batch_size": batch_size}
+    if data_dir is not None:
+        options["data_dir"] = data_dir
+    splits = data.load(config.dataset, **options)
     return splits.validation if split == "validation" else splits.train
 
 
